@@ -1,0 +1,140 @@
+"""Helpers shared by the node modules: model-folder listings, safe file resolution, type names.
+
+Everything from ComfyUI (folder_paths, comfy.*) is imported inside functions, so the node
+modules import without ComfyUI (the tests inject small stubs instead).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..wanmeter.errors import WanMeterError
+
+CATEGORY = "WanMeter"
+
+# Custom types that only our nodes produce and consume.
+WANMETER_MODEL = "WANMETER_MODEL"
+WANMETER_TEXT_ENCODER = "WANMETER_TEXT_ENCODER"
+WANMETER_VAE = "WANMETER_VAE"
+
+NONE_CHOICE = "none"
+
+WEIGHT_DTYPES = ["bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2"]
+COMPUTE_DTYPES = ["bf16", "fp16"]
+OFFLOAD_MODES = ["none", "model", "blocks", "auto"]
+ATTENTION_MODES = ["auto", "sdpa", "sdpa_flash", "sdpa_cudnn", "sage", "flash"]
+SCHEDULERS = ["unipc", "euler"]
+TEXT_ENCODER_DEVICES = ["gpu", "cpu"]
+TEXT_ENCODER_DTYPES = ["bf16", "fp16", "fp32"]
+VAE_DTYPES = ["bf16", "fp16", "fp32"]
+
+# folder_paths keys: the native ones, plus one of ours listing GGUF files in the same folders
+# (ComfyUI's diffusion_models list only knows .safetensors/.ckpt/...).
+_GGUF_KEY = "wanmeter_diffusion_models_gguf"
+
+# Folders a name sent by the browser may be resolved in (the estimate route).
+MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "audio_encoders")
+
+
+def _folder_paths():
+    import folder_paths  # ComfyUI's module; lazy so tests can stub it
+
+    return folder_paths
+
+
+def _ensure_gguf_key(fp) -> None:
+    if _GGUF_KEY not in fp.folder_names_and_paths:
+        fp.folder_names_and_paths[_GGUF_KEY] = (fp.get_folder_paths("diffusion_models"), {".gguf"})
+
+
+def list_models(folder: str) -> list[str]:
+    """Files ComfyUI lists for a model folder (subfolders included); diffusion models add .gguf."""
+    fp = _folder_paths()
+    names = set(fp.get_filename_list(folder))
+    if folder == "diffusion_models":
+        try:
+            _ensure_gguf_key(fp)
+            names.update(fp.get_filename_list(_GGUF_KEY))
+        except Exception:  # an old/odd folder_paths: GGUF just does not show up
+            pass
+    return sorted(names)
+
+
+def check_name(name: str) -> str:
+    """Reject names that could escape the model folders ('..', absolute paths, drive letters).
+
+    Subfolders are allowed in the form ComfyUI lists them ('wan/x.safetensors'); resolution
+    below also requires the name to be in the folder's listing.
+    """
+    if not isinstance(name, str) or not name or len(name) > 512:
+        raise WanMeterError("Model file name is missing or too long. Pick a file from the list.")
+    norm = name.replace("\\", "/")
+    parts = norm.split("/")
+    if norm.startswith("/") or ".." in parts or ":" in name or "\x00" in name or any(p == "" for p in parts):
+        raise WanMeterError(
+            f"Model file name {name!r} is not a plain name inside a models folder. "
+            "Pick a file from the node's list."
+        )
+    return name
+
+
+def resolve_model(folder: str, name: str, *, what: str = "model") -> str:
+    """Full path of a listed model file, or a WanMeterError naming the folder to put it in."""
+    check_name(name)
+    fp = _folder_paths()
+    path = fp.get_full_path(folder, name)
+    if path is None and folder == "diffusion_models" and name.lower().endswith(".gguf"):
+        _ensure_gguf_key(fp)
+        path = fp.get_full_path(_GGUF_KEY, name)
+    if path is None or not os.path.isfile(path):
+        where = ", ".join(fp.get_folder_paths(folder)) if hasattr(fp, "get_folder_paths") else folder
+        raise WanMeterError(
+            f"The {what} file {name!r} was not found in ComfyUI's '{folder}' folder ({where}). "
+            "Download it into that folder, or pick another file in the node."
+        )
+    return path
+
+
+def is_none(name: Any) -> bool:
+    return name is None or name == "" or name == NONE_CHOICE
+
+
+def comfy_device():
+    """ComfyUI's main torch device (the GPU it was started for; CPU with --cpu)."""
+    import comfy.model_management as mm
+
+    return mm.get_torch_device()
+
+
+def free_comfy_memory() -> None:
+    """Ask ComfyUI to move its own models out of VRAM before we load a big one.
+
+    Our modules are not ModelPatchers, so ComfyUI cannot evict them; we make room for them
+    instead, the way native loaders do before a large allocation.
+    """
+    import gc
+
+    import comfy.model_management as mm
+
+    gc.collect()
+    mm.unload_all_models()
+    mm.soft_empty_cache()
+
+
+def release_memory() -> None:
+    """Return freed allocator blocks to the driver (after errors or interruption)."""
+    import gc
+
+    gc.collect()
+    try:
+        import comfy.model_management as mm
+
+        mm.soft_empty_cache()
+    except Exception:
+        pass
+
+
+def check_interrupt() -> None:
+    import comfy.model_management as mm
+
+    mm.throw_exception_if_processing_interrupted()

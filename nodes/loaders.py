@@ -1,0 +1,213 @@
+"""Loader nodes: Wan2.2 DiT (one or two experts), umt5 text encoder, Wan VAE.
+
+Thin: resolve the file in ComfyUI's model folders, make room in VRAM, call wanmeter.loader /
+wanmeter.runtime, wrap the result in one of our custom types.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..wanmeter.errors import WanMeterError
+from . import common as c
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+class WanMeterModelLoader:
+    """Loads a Wan2.2 DiT; A14B variants need both experts (high-noise + low-noise files)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        models = c.list_models("diffusion_models")
+        return {
+            "required": {
+                "model": (models, {"tooltip": "Wan2.2 diffusion model from models/diffusion_models "
+                                   "(.safetensors, ComfyUI fp8_scaled, or .gguf). For A14B pick the "
+                                   "high-noise expert here."}),
+                "weight_dtype": (c.WEIGHT_DTYPES, {"default": "bf16", "tooltip": "How weights are stored in "
+                                 "memory. fp8 halves weight memory (dequantized per layer to the compute "
+                                 "dtype); bf16 is the reference quality."}),
+                "compute_dtype": (c.COMPUTE_DTYPES, {"default": "bf16", "tooltip": "Precision of the "
+                                  "matmuls and attention. bf16 is what Wan2.2 was trained in."}),
+                "offload": (c.OFFLOAD_MODES, {"default": "auto", "tooltip": "none: everything in VRAM. "
+                            "model: each expert moves to the GPU only while it runs. blocks: stream "
+                            "`blocks_to_stream` transformer blocks from CPU RAM each step. auto: choose "
+                            "from the estimate and the free VRAM."}),
+                "blocks_to_stream": ("INT", {"default": 0, "min": 0, "max": 40, "step": 1,
+                                     "tooltip": "With offload=blocks: how many of the DiT blocks live in "
+                                     "CPU RAM and are copied in each step (more = less VRAM, slower). "
+                                     "Ignored by other offload modes."}),
+                "attention": (c.ATTENTION_MODES, {"default": "auto", "tooltip": "Attention kernel. auto: "
+                              "the fastest available (cuDNN/flash SDPA on recent NVIDIA GPUs). sage and "
+                              "flash need their packages installed."}),
+            },
+            "optional": {
+                "model_low_noise": ([c.NONE_CHOICE] + models, {"default": c.NONE_CHOICE,
+                                    "tooltip": "A14B only: the low-noise expert file (e.g. "
+                                    "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors). Leave 'none' for "
+                                    "TI2V-5B and S2V."}),
+            },
+        }
+
+    RETURN_TYPES = (c.WANMETER_MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The loaded Wan2.2 model (both experts for A14B) with its offload and attention plan.",)
+    FUNCTION = "load"
+    CATEGORY = c.CATEGORY
+    DESCRIPTION = "Load a Wan2.2 diffusion model (T2V-A14B, I2V-A14B, TI2V-5B) with precision, offload and attention settings."
+
+    def load(self, model: str, weight_dtype: str, compute_dtype: str, offload: str, blocks_to_stream: int,
+             attention: str, model_low_noise: str = c.NONE_CHOICE):
+        from ..wanmeter.loader import inspect_dit
+
+        high_path = c.resolve_model("diffusion_models", model, what="diffusion model")
+        info = inspect_dit(high_path)
+        low_path = None
+        experts = _experts(info.variant)
+        if experts == 2:
+            if c.is_none(model_low_noise):
+                raise WanMeterError(
+                    f"{model} is a {info.variant} high/low-noise expert: A14B needs both. Set model_low_noise "
+                    f"to the low-noise file (e.g. {_low_noise_name(model)}) in models/diffusion_models."
+                )
+            low_path = c.resolve_model("diffusion_models", model_low_noise, what="low-noise model")
+            low_info = inspect_dit(low_path)
+            if low_info.variant != info.variant:
+                raise WanMeterError(
+                    f"model is {info.variant} but model_low_noise is {low_info.variant}. Pick the two experts "
+                    "of the same model (both t2v or both i2v)."
+                )
+        elif not c.is_none(model_low_noise):
+            raise WanMeterError(
+                f"{model} is {info.variant}, a single model: set model_low_noise to 'none'."
+            )
+        if blocks_to_stream and offload not in ("blocks", "auto"):
+            blocks_to_stream = 0
+
+        c.free_comfy_memory()
+        device = c.comfy_device()
+        try:
+            bundle = _load_bundle(info, high_path, low_path, weight_dtype=weight_dtype,
+                                  compute_dtype=compute_dtype, offload=offload,
+                                  blocks_to_stream=int(blocks_to_stream), attention=attention, device=device)
+        except BaseException:
+            # Nothing half-loaded may stay in VRAM: drop every reference we made, then empty the cache.
+            bundle = None
+            c.release_memory()
+            raise
+        return (bundle,)
+
+
+def _experts(variant: str) -> int:
+    from ..wanmeter.variants import variant as facts
+
+    return int(facts(variant)["experts"])
+
+
+def _low_noise_name(high: str) -> str:
+    base = high.rsplit("/", 1)[-1]
+    return base.replace("high_noise", "low_noise") if "high_noise" in base else "wan2.2_..._low_noise_....safetensors"
+
+
+def _load_bundle(info, high_path: str, low_path: str | None, *, weight_dtype: str, compute_dtype: str,
+                 offload: str, blocks_to_stream: int, attention: str, device):
+    """Engine call: load the expert(s) and place them per the runtime plan."""
+    from ..wanmeter.sampler import load_bundle
+
+    return load_bundle(high_path, low_path, weight_dtype=weight_dtype, compute_dtype=compute_dtype,
+                       offload=offload, blocks_to_stream=blocks_to_stream, attention=attention,
+                       device=device, info=info)
+
+
+class WanMeterTextEncoderLoader:
+    """Loads the umt5-xxl encoder (ComfyUI's text_encoders files; tokenizer embedded in the file)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "text_encoder": (c.list_models("text_encoders"), {"tooltip": "umt5-xxl encoder from "
+                                 "models/text_encoders, e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors."}),
+                "device": (c.TEXT_ENCODER_DEVICES, {"default": "gpu", "tooltip": "gpu: fast, needs ~6-11 GB "
+                           "VRAM while encoding (freed before sampling). cpu: saves that VRAM, takes seconds "
+                           "to minutes per prompt."}),
+                "dtype": (c.TEXT_ENCODER_DTYPES, {"default": "bf16", "tooltip": "Compute precision; bf16 "
+                          "matches the official code."}),
+            }
+        }
+
+    RETURN_TYPES = (c.WANMETER_TEXT_ENCODER,)
+    RETURN_NAMES = ("text_encoder",)
+    FUNCTION = "load"
+    CATEGORY = c.CATEGORY
+    DESCRIPTION = "Load the umt5-xxl text encoder used by every Wan2.2 variant."
+
+    def load(self, text_encoder: str, device: str, dtype: str):
+        import torch
+
+        from ..wanmeter.loader import load_text_encoder
+
+        path = c.resolve_model("text_encoders", text_encoder, what="text encoder")
+        dev = c.comfy_device() if device == "gpu" else torch.device("cpu")
+        if dev.type != "cpu":
+            c.free_comfy_memory()
+        try:
+            enc = load_text_encoder(path, device=dev, dtype=_dtype(dtype))
+        except BaseException:
+            c.release_memory()
+            raise
+        return (enc,)
+
+
+class WanMeterVAELoader:
+    """Loads a Wan VAE: wan_2.1_vae for A14B/S2V, wan2.2_vae for TI2V-5B (detected from the file)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "vae": (c.list_models("vae"), {"tooltip": "wan_2.1_vae.safetensors for A14B and S2V, "
+                        "wan2.2_vae.safetensors for TI2V-5B."}),
+                "tiled": ("BOOLEAN", {"default": False, "tooltip": "Default for WanMeter VAE Decode set to "
+                          "'auto': decode in spatial tiles (several times less VRAM, about 2x slower)."}),
+                "dtype": (c.VAE_DTYPES, {"default": "bf16", "tooltip": "VAE precision. The official code "
+                          "uses fp32 (twice the memory); bf16 is visually identical."}),
+            }
+        }
+
+    RETURN_TYPES = (c.WANMETER_VAE,)
+    RETURN_NAMES = ("vae",)
+    FUNCTION = "load"
+    CATEGORY = c.CATEGORY
+    DESCRIPTION = "Load a Wan2.1 or Wan2.2 VAE."
+
+    def load(self, vae: str, tiled: bool, dtype: str):
+        from ..wanmeter.loader import load_vae
+
+        path = c.resolve_model("vae", vae, what="VAE")
+        try:
+            v = load_vae(path, dtype=_dtype(dtype), device=c.comfy_device())
+        except BaseException:
+            c.release_memory()
+            raise
+        try:
+            v.tiled_default = bool(tiled)
+        except AttributeError:
+            pass
+        return (v,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "WanMeterModelLoader": WanMeterModelLoader,
+    "WanMeterTextEncoderLoader": WanMeterTextEncoderLoader,
+    "WanMeterVAELoader": WanMeterVAELoader,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "WanMeterModelLoader": "WanMeter Model Loader (Wan2.2)",
+    "WanMeterTextEncoderLoader": "WanMeter Text Encoder Loader (umt5)",
+    "WanMeterVAELoader": "WanMeter VAE Loader",
+}

@@ -1,0 +1,151 @@
+"""WanMeter Sampler: the denoising loop node (T2V, I2V, TI2V text or image mode).
+
+It converts ComfyUI types (CONDITIONING, LATENT, IMAGE) to engine tensors, calls
+wanmeter.sampler.sample with a callback that drives ComfyUI's progress bar and interruption,
+and reports measured seconds per step and peak VRAM to the frontend (ui.wanmeter_stats).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..wanmeter.errors import WanMeterError
+from . import common as c
+from .conditioning import from_conditioning, match_batch
+
+
+class WanMeterSampler:
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": (c.WANMETER_MODEL, {"tooltip": "From WanMeter Model Loader."}),
+                "positive": ("CONDITIONING", {"tooltip": "Prompt embedding: WanMeter Text Encode or native "
+                             "CLIPTextEncode with a umt5 (type wan) encoder."}),
+                "negative": ("CONDITIONING", {"tooltip": "Negative prompt embedding (used by CFG)."}),
+                "width": ("INT", {"default": 1280, "min": 16, "max": 4096, "step": 16, "tooltip": "Video width "
+                          "in pixels: a multiple of 16 (32 for TI2V-5B). With a start image (I2V) this is "
+                          "the target area; the aspect follows the image."}),
+                "height": ("INT", {"default": 720, "min": 16, "max": 4096, "step": 16, "tooltip": "Video height "
+                           "in pixels: a multiple of 16 (32 for TI2V-5B)."}),
+                "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4, "tooltip": "Number of frames: "
+                           "4k+1 (81 = 5 s at 16 fps for A14B, 121 = 5 s at 24 fps for TI2V-5B). Time and "
+                           "memory grow with frames."}),
+                "steps": ("INT", {"default": 40, "min": 1, "max": 200, "tooltip": "Denoising steps. Official: 40 "
+                          "(A14B), 50 (TI2V-5B). Time grows linearly with steps."}),
+                "cfg_high": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                             "tooltip": "Classifier-free guidance scale. For A14B: used by the high-noise expert; "
+                             "for TI2V-5B/S2V: the only scale. 1.0 skips the negative pass (half the time)."}),
+                "cfg_low": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                            "tooltip": "A14B only: guidance scale of the low-noise expert. Ignored by TI2V-5B."}),
+                "shift": ("FLOAT", {"default": 12.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                          "tooltip": "Flow-matching sigma shift. Official: 12 (T2V-A14B), 5 (I2V-A14B, TI2V-5B)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Videos generated together "
+                               "(activation memory grows with it)."}),
+                "scheduler": (c.SCHEDULERS, {"default": "unipc", "tooltip": "unipc: the official flow-matching "
+                              "UniPC solver. euler: first-order flow-matching Euler."}),
+                "boundary": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.005, "round": 0.001,
+                             "tooltip": "A14B: timestep fraction at which sampling switches from the high-noise "
+                             "to the low-noise expert. 0 = the variant default (0.875 T2V, 0.9 I2V)."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "1.0: from "
+                            "pure noise. Below 1 with a latent input: keep that much of the input video."}),
+            },
+            "optional": {
+                "latent": ("LATENT", {"tooltip": "Optional raw latent to start from (with denoise < 1)."}),
+                "start_image": ("IMAGE", {"tooltip": "First frame: I2V-A14B needs one; TI2V-5B uses it for "
+                                "image-to-video. Needs the vae input too."}),
+                "vae": (c.WANMETER_VAE, {"tooltip": "Encodes start_image (the model family's VAE)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("Raw latent video (ComfyUI convention: native VAEDecode works on it too).",)
+    FUNCTION = "sample"
+    CATEGORY = c.CATEGORY
+    DESCRIPTION = ("Generate a Wan2.2 video latent. Shows measured seconds per step and peak VRAM after the "
+                   "run, next to the estimate.")
+
+    def sample(self, model, positive, negative, width: int, height: int, frames: int, steps: int,
+               cfg_high: float, cfg_low: float, shift: float, seed: int, batch_size: int, scheduler: str,
+               boundary: float, denoise: float, latent: dict | None = None, start_image=None, vae=None,
+               unique_id: str | None = None):
+        import torch
+
+        if frames < 1 or (frames - 1) % 4:
+            lo = max(1, (frames - 1) // 4 * 4 + 1)
+            raise WanMeterError(f"frames must be 4k+1 (1, 5, ..., 81, ..., 121); {frames} is not. Use {lo} or {lo + 4}.")
+        if start_image is not None and vae is None:
+            raise WanMeterError("start_image needs the vae input: connect WanMeter VAE Loader to the sampler's vae.")
+
+        pos = match_batch(from_conditioning(positive, name="positive"), batch_size, name="positive")
+        neg = match_batch(from_conditioning(negative, name="negative"), batch_size, name="negative")
+
+        import comfy.utils
+
+        pbar = comfy.utils.ProgressBar(steps, node_id=unique_id)
+        ticks: list[float] = []
+
+        def on_step(step: int, total: int, _latent) -> None:
+            ticks.append(time.perf_counter())
+            c.check_interrupt()  # raises InterruptProcessingException; the engine frees its memory
+            pbar.update_absolute(step + 1, total)
+
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        try:
+            out = _run(model, pos, neg, dict(
+                width=width, height=height, frames=frames, steps=steps, cfg_high=cfg_high, cfg_low=cfg_low,
+                shift=shift, seed=seed, batch_size=batch_size, scheduler=scheduler, boundary=boundary or None,
+                denoise=denoise,
+                latent=(latent["samples"] if isinstance(latent, dict) else latent),
+                image=start_image, vae=vae), on_step)
+        except BaseException:
+            c.release_memory()
+            raise
+        if cuda:
+            torch.cuda.synchronize()
+        total_s = time.perf_counter() - t0
+        stats = _stats(ticks, t0, total_s, steps,
+                       torch.cuda.max_memory_allocated() if cuda else None,
+                       torch.cuda.get_device_name() if cuda else "cpu")
+        c.release_memory()
+        return {"ui": {"wanmeter_stats": [stats], "text": [_stats_text(stats)]},
+                "result": ({"samples": out.to(device="cpu", dtype=torch.float32)},)}
+
+
+def _run(model, pos, neg, fields: dict[str, Any], callback):
+    """Engine call (wanmeter.sampler.sample with a SampleRequest built from the widgets)."""
+    from ..wanmeter.sampler import SampleRequest, sample
+
+    req = SampleRequest(**fields)
+    return sample(model, pos, neg, req, callback=callback)
+
+
+def _stats(ticks: list[float], t0: float, total_s: float, steps: int, peak_bytes: int | None, device: str) -> dict:
+    """Seconds per step from the callback times (the first step includes warm-up, so it is
+    measured separately); peak VRAM from torch's allocator."""
+    steady = [b - a for a, b in zip(ticks, ticks[1:])]
+    per_step = (sum(steady) / len(steady)) if steady else (total_s / max(steps, 1))
+    return {
+        "seconds_per_step": round(per_step, 4),
+        "first_step_seconds": round((ticks[0] - t0) if ticks else total_s, 4),
+        "total_seconds": round(total_s, 3),
+        "steps": len(ticks) or steps,
+        "peak_vram_gib": None if peak_bytes is None else round(peak_bytes / 1024**3, 3),
+        "device": device,
+    }
+
+
+def _stats_text(s: dict) -> str:
+    vram = "n/a (CPU)" if s["peak_vram_gib"] is None else f"{s['peak_vram_gib']:.2f} GiB"
+    return (f"measured: {s['seconds_per_step']:.2f} s/step, {s['total_seconds']:.1f} s total "
+            f"({s['steps']} steps), peak VRAM {vram} on {s['device']}")
+
+
+NODE_CLASS_MAPPINGS = {"WanMeterSampler": WanMeterSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"WanMeterSampler": "WanMeter Sampler"}

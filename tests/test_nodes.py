@@ -1,0 +1,240 @@
+"""The ComfyUI face: node contracts, the estimate route's handlers, conditioning conversion, and
+the tiny T2V chain through the node functions. ComfyUI itself is replaced by tests/comfy_stubs.py."""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+_spec = importlib.util.spec_from_file_location("wanmeter_comfy_stubs", Path(__file__).with_name("comfy_stubs.py"))
+stubs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(stubs)
+
+EXPECTED = {
+    "WanMeterModelLoader", "WanMeterTextEncoderLoader", "WanMeterTextEncode", "WanMeterVAELoader",
+    "WanMeterVAEDecode", "WanMeterVAEEncode", "WanMeterSampler", "WanMeterEstimator",
+}
+
+
+@pytest.fixture()
+def models_dir(tmp_path):
+    d = tmp_path / "models"
+    for sub in ("diffusion_models/wan", "text_encoders", "vae", "audio_encoders"):
+        (d / sub).mkdir(parents=True)
+    (d / "diffusion_models/wan/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors").write_bytes(b"")
+    (d / "diffusion_models/wan2.2-ti2v-5b-Q4_K_M.gguf").write_bytes(b"")
+    (d / "diffusion_models/readme.txt").write_text("not a model")
+    return d
+
+
+@pytest.fixture()
+def pack(models_dir, monkeypatch):
+    for name, mod in stubs.make_stubs(models_dir).items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    mod = stubs.import_pack()
+    yield mod
+    for k in [k for k in sys.modules if k == stubs.PACK or k.startswith(stubs.PACK + ".")]:
+        del sys.modules[k]
+
+
+def _all_inputs(spec: dict) -> dict:
+    return {**spec.get("required", {}), **spec.get("optional", {})}
+
+
+def test_mappings_and_contract(pack):
+    m = pack.NODE_CLASS_MAPPINGS
+    assert EXPECTED <= set(m)
+    assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(m)
+    assert pack.WEB_DIRECTORY == "./web"
+    for node_id, cls in m.items():
+        assert node_id.startswith("WanMeter"), node_id
+        spec = cls.INPUT_TYPES()
+        assert cls.CATEGORY == "WanMeter"
+        assert isinstance(cls.RETURN_TYPES, tuple)
+        fn = getattr(cls, cls.FUNCTION)
+        params = inspect.signature(fn).parameters
+        for name, entry in _all_inputs(spec).items():
+            assert isinstance(entry, tuple) and entry, (node_id, name)
+            assert entry[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+            assert name in params, f"{node_id}.{cls.FUNCTION} does not take {name}"
+        for name in spec.get("hidden", {}):
+            assert name in params
+        required = [p for p, v in params.items() if p != "self" and v.default is inspect.Parameter.empty]
+        assert set(required) <= set(spec["required"]), (node_id, required)
+
+
+def test_return_types(pack):
+    m = pack.NODE_CLASS_MAPPINGS
+    assert m["WanMeterModelLoader"].RETURN_TYPES == ("WANMETER_MODEL",)
+    assert m["WanMeterTextEncoderLoader"].RETURN_TYPES == ("WANMETER_TEXT_ENCODER",)
+    assert m["WanMeterTextEncode"].RETURN_TYPES == ("CONDITIONING", "CONDITIONING")
+    assert m["WanMeterVAELoader"].RETURN_TYPES == ("WANMETER_VAE",)
+    assert m["WanMeterVAEDecode"].RETURN_TYPES == ("IMAGE",)
+    assert m["WanMeterVAEEncode"].RETURN_TYPES == ("LATENT",)
+    assert m["WanMeterSampler"].RETURN_TYPES == ("LATENT",)
+    assert m["WanMeterEstimator"].RETURN_TYPES == () and m["WanMeterEstimator"].OUTPUT_NODE is True
+
+
+def test_model_loader_widgets(pack):
+    req = pack.NODE_CLASS_MAPPINGS["WanMeterModelLoader"].INPUT_TYPES()
+    models = req["required"]["model"][0]
+    assert "wan/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors" in models  # subfolders
+    assert "wan2.2-ti2v-5b-Q4_K_M.gguf" in models                          # GGUF
+    assert "readme.txt" not in models
+    assert req["optional"]["model_low_noise"][0][0] == "none"
+    assert req["optional"]["model_low_noise"][1]["default"] == "none"
+    assert req["required"]["weight_dtype"][0] == ["bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2"]
+    assert req["required"]["compute_dtype"][0] == ["bf16", "fp16"]
+    assert set(req["required"]["offload"][0]) == {"none", "model", "blocks", "auto"}
+    assert req["required"]["blocks_to_stream"][1]["min"] == 0 and req["required"]["blocks_to_stream"][1]["max"] == 40
+    assert req["required"]["attention"][0] == ["auto", "sdpa", "sdpa_flash", "sdpa_cudnn", "sage", "flash"]
+
+
+def test_sampler_widgets(pack):
+    req = pack.NODE_CLASS_MAPPINGS["WanMeterSampler"].INPUT_TYPES()
+    r = req["required"]
+    assert r["frames"][1]["step"] == 4 and r["frames"][1]["min"] == 1
+    assert r["scheduler"][0] == ["unipc", "euler"]
+    assert "A14B only" in r["cfg_low"][1]["tooltip"]
+    assert set(req["optional"]) == {"latent", "start_image", "vae"}
+
+
+def test_negative_prompt_default_is_official(pack, wan22_ref):
+    text = (wan22_ref / "wan/configs/shared_config.py").read_text(encoding="utf-8")
+    official = re.search(r"sample_neg_prompt\s*=\s*'([^']*)'", text).group(1)
+    req = pack.NODE_CLASS_MAPPINGS["WanMeterTextEncode"].INPUT_TYPES()["required"]
+    assert req["negative"][1]["default"] == official
+
+
+def test_conditioning_roundtrip(pack):
+    cond = sys.modules[stubs.PACK + ".nodes.conditioning"]
+    short = torch.randn(1, 300, 4096)
+    t = cond.from_conditioning([[short, {}]], name="positive")
+    assert t.shape == (1, 512, 4096)
+    assert torch.equal(t[:, :300], short) and not t[:, 300:].any()
+    long = torch.randn(1, 600, 4096)
+    assert torch.equal(cond.from_conditioning([[long, {"pooled_output": None}]], name="p"), long[:, :512])
+    c = cond.to_conditioning(t)
+    assert isinstance(c, list) and c[0][0] is t and c[0][1] == {}
+    err = pack.nodes.common.WanMeterError
+    with pytest.raises(err, match="ConditioningCombine"):
+        cond.from_conditioning([[short, {}], [short, {}]], name="positive")
+    with pytest.raises(err, match="not a CONDITIONING"):
+        cond.from_conditioning("text", name="positive")
+    assert cond.match_batch(t, 3, name="p").shape[0] == 3
+
+
+def test_check_name_rejects_escapes(pack):
+    common = pack.nodes.common
+    for bad in ["../x.safetensors", "/etc/passwd", "a/../../b", "C:\\x.safetensors", "..\\x", "", "a//b"]:
+        with pytest.raises(common.WanMeterError):
+            common.check_name(bad)
+    assert common.check_name("wan/x.safetensors") == "wan/x.safetensors"
+
+
+def test_estimate_route_rejects_bad_input(pack):
+    routes = pack.nodes.routes
+    status, body = routes.estimate_reply({"model": "../../etc/passwd"})
+    assert status == 400 and "models folder" in body["error"]
+    status, body = routes.estimate_reply({"model": "none"})
+    assert status == 400 and "Model Loader" in body["error"]
+    status, body = routes.estimate_reply({"model": "my_model.safetensors"})
+    assert status == 400 and "which Wan2.2 model" in body["error"]
+    with pytest.raises(pack.nodes.common.WanMeterError, match="at most"):
+        routes.parse_body(b"{" + b" " * routes.MAX_BODY_BYTES + b"}")
+    with pytest.raises(pack.nodes.common.WanMeterError, match="not JSON"):
+        routes.parse_body(b"{nope")
+    with pytest.raises(pack.nodes.common.WanMeterError, match="JSON object"):
+        routes.parse_body(b"[1, 2]")
+    assert routes.parse_body(json.dumps({"model": "x"}).encode()) == {"model": "x"}
+
+
+def test_variant_from_name(pack):
+    g = pack.nodes.routes.guess_variant_from_name
+    assert g("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors") == "t2v_a14b"
+    assert g("wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors") == "i2v_a14b"
+    assert g("wan2.2_ti2v_5B_fp16.safetensors") == "ti2v_5b"
+    assert g("sub/wan2.2_s2v_14B_bf16.safetensors") == "s2v_14b"
+    assert g("flux.safetensors") is None
+
+
+def test_gpus_route_and_choices(pack):
+    status, body = pack.nodes.routes.gpus_reply()
+    assert status == 200 and body["local"] is None and body["detected"] is None  # CPU machine
+    names = [r["name"] for r in body["gpus"]]
+    assert "RTX 4090" in names and "H100 SXM" in names
+    choices = pack.NODE_CLASS_MAPPINGS["WanMeterEstimator"].INPUT_TYPES()["required"]["gpu"][0]
+    assert choices[0] == "auto" and set(names) <= set(choices)
+    ea = pack.nodes.estimate_adapter
+    assert ea.match_gpu("NVIDIA GeForce RTX 4090") == "RTX 4090"
+    assert ea.match_gpu("NVIDIA H100 80GB HBM3") is not None
+    assert ea.resolve_gpu("auto", None) == ("H100 SXM", False)
+
+
+def test_settings_from_prompt(pack):
+    ea = pack.nodes.estimate_adapter
+    prompt = {
+        "1": {"class_type": "WanMeterModelLoader", "inputs": {"model": "a_high.safetensors", "model_low_noise": "a_low.safetensors",
+              "weight_dtype": "fp8_e4m3fn", "compute_dtype": "bf16", "offload": "blocks", "blocks_to_stream": 10, "attention": "sdpa"}},
+        "2": {"class_type": "WanMeterSampler", "inputs": {"model": ["1", 0], "width": 832, "height": ["9", 0], "frames": 49,
+              "steps": 20, "cfg_high": 4.0, "cfg_low": 3.0}},
+        "3": {"class_type": "WanMeterTextEncoderLoader", "inputs": {"device": "cpu"}},
+        "4": {"class_type": "WanMeterVAEDecode", "inputs": {"tiled": "enable"}},
+    }
+    s = ea.settings_from_prompt(prompt)
+    assert s["model"] == "a_high.safetensors" and s["blocks_to_stream"] == 10 and s["offload"] == "blocks"
+    assert s["width"] == 832 and s["height"] == 720  # linked input -> default
+    assert s["frames"] == 49 and s["text_encoder_device"] == "cpu" and s["vae_tiled"] is True
+    assert ea.settings_from_prompt({"2": prompt["2"]}) is None
+
+
+def test_a14b_loader_needs_low_noise(pack, models_dir, tmp_path):
+    from wanmeter.tiny import ensure_tiny_models
+
+    paths = ensure_tiny_models(names=["dit_t2v_high"])
+    dst = models_dir / "diffusion_models" / paths["dit_t2v_high"].name
+    dst.symlink_to(paths["dit_t2v_high"])
+    loader = pack.NODE_CLASS_MAPPINGS["WanMeterModelLoader"]()
+    with pytest.raises(pack.nodes.common.WanMeterError, match="low-noise file.*tiny_wan2.2_t2v_low_noise"):
+        loader.load(dst.name, "bf16", "bf16", "none", 0, "auto", model_low_noise="none")
+    with pytest.raises(pack.nodes.common.WanMeterError, match="was not found"):
+        loader.load(dst.name, "bf16", "bf16", "none", 0, "auto", model_low_noise="missing_low.safetensors")
+
+
+def test_sampler_progress_interrupt_and_stats(pack, monkeypatch):
+    samp_mod = pack.nodes.sampler
+    mm = sys.modules["comfy.model_management"]
+    seen = {}
+
+    def fake_run(model, pos, neg, fields, callback):
+        seen.update(fields, pos=pos.shape, neg=neg.shape)
+        for i in range(fields["steps"]):
+            callback(i, fields["steps"], None)
+        return torch.zeros(fields["batch_size"], 16, 3, 4, 4)
+
+    monkeypatch.setattr(samp_mod, "_run", fake_run)
+    node = pack.NODE_CLASS_MAPPINGS["WanMeterSampler"]()
+    cond = [[torch.randn(1, 20, 4096), {}]]
+    out = node.sample(object(), cond, cond, 64, 64, 9, 3, 4.0, 3.0, 12.0, 7, 2, "unipc", 0.0, 1.0, unique_id="5")
+    assert out["result"][0]["samples"].shape == (2, 16, 3, 4, 4)
+    assert seen["pos"] == (2, 512, 4096) and seen["boundary"] is None
+    stats = out["ui"]["wanmeter_stats"][0]
+    assert stats["steps"] == 3 and stats["peak_vram_gib"] is None and stats["seconds_per_step"] >= 0
+    pbar = sys.modules["comfy.utils"].ProgressBar.instances[-1]
+    assert pbar.node_id == "5" and pbar.updates[-1] == (3, 3)
+
+    mm.interrupt = True
+    with pytest.raises(stubs.InterruptProcessingException):
+        node.sample(object(), cond, cond, 64, 64, 9, 3, 4.0, 3.0, 12.0, 7, 1, "unipc", 0.0, 1.0)
+    assert "soft_empty_cache" in mm.calls  # memory released on the way out
+    with pytest.raises(pack.nodes.common.WanMeterError, match="4k\\+1"):
+        node.sample(object(), cond, cond, 64, 64, 8, 3, 4.0, 3.0, 12.0, 7, 1, "unipc", 0.0, 1.0)
+    with pytest.raises(pack.nodes.common.WanMeterError, match="vae input"):
+        node.sample(object(), cond, cond, 64, 64, 9, 3, 4.0, 3.0, 12.0, 7, 1, "unipc", 0.0, 1.0,
+                    start_image=torch.zeros(1, 64, 64, 3))

@@ -1,0 +1,235 @@
+// Pure logic of the WanMeter web extension: graph -> settings, estimate reply -> text.
+// No DOM and no ComfyUI imports, so `node --test web/tests/` covers it; wanmeter.js is the glue.
+
+/** Where each settings key comes from: node type -> { widget name: settings key }. */
+export const WIDGET_SOURCES = {
+  WanMeterModelLoader: {
+    model: "model",
+    model_low_noise: "model_low_noise",
+    weight_dtype: "weight_dtype",
+    offload: "offload",
+    blocks_to_stream: "blocks_to_stream",
+    attention: "attention",
+  },
+  WanMeterSampler: {
+    width: "width",
+    height: "height",
+    frames: "frames",
+    steps: "steps",
+    cfg_high: "cfg_high",
+    cfg_low: "cfg_low",
+  },
+  WanMeterTextEncoderLoader: { device: "text_encoder_device" },
+  WanMeterVAELoader: { tiled: "vae_tiled" },
+  WanMeterVAEDecode: { tiled: "vae_tiled_override" },
+  WanMeterEstimator: {
+    gpu: "gpu",
+    price_per_hour: "price_per_hour",
+    videos_per_month: "videos_per_month",
+    budget_gb: "budget_gb",
+  },
+};
+
+export const ESTIMATOR_TYPE = "WanMeterEstimator";
+export const LOADER_TYPE = "WanMeterModelLoader";
+export const SAMPLER_TYPE = "WanMeterSampler";
+export const DEBOUNCE_MS = 300;
+
+/** Node types whose widgets change the estimate (any WanMeter sampler counts, e.g. S2V's). */
+export function isRelevantType(type) {
+  return typeof type === "string" && (type in WIDGET_SOURCES || isSamplerType(type));
+}
+
+export function isSamplerType(type) {
+  return typeof type === "string" && type.startsWith("WanMeter") && type.includes("Sampler");
+}
+
+const DEFAULTS = {
+  model_low_noise: "none",
+  width: 1280,
+  height: 720,
+  frames: 81,
+  steps: 40,
+  cfg_high: 4.0,
+  cfg_low: 3.0,
+  weight_dtype: "bf16",
+  offload: "auto",
+  blocks_to_stream: 0,
+  attention: "auto",
+  text_encoder_device: "gpu",
+  vae_tiled: false,
+  gpu: "",
+  price_per_hour: 0,
+  videos_per_month: 100,
+  budget_gb: 0,
+  num_gpus: 1,
+};
+
+const SAMPLER_KEYS = ["width", "height", "frames", "steps", "cfg_high", "cfg_low"];
+
+function byId(a, b) {
+  return Number(a.id) - Number(b.id);
+}
+
+function firstOfType(nodes, type) {
+  return nodes.filter((n) => n.type === type && n.mode !== 2 && n.mode !== 4).sort(byId)[0];
+}
+
+/**
+ * Build the flat settings dict the server's /wanmeter/estimate takes.
+ *
+ * `graph` is a plain description: { nodes: [{ id, type, mode, widgets: {name: value},
+ * inputs: {name: sourceNodeId|null} }] } (the glue builds it from app.graph). Muted (mode 2)
+ * and bypassed (mode 4) nodes are ignored. The model loader is the one wired into the first
+ * sampler when there is one, else the first loader. Returns null when the graph has no model
+ * loader (nothing to estimate).
+ */
+export function graphToSettings(graph) {
+  const nodes = (graph && graph.nodes) || [];
+  const active = nodes.filter((n) => n.mode !== 2 && n.mode !== 4);
+  const samplers = active.filter((n) => isSamplerType(n.type)).sort(byId);
+  const sampler = samplers[0];
+  let loader;
+  if (sampler && sampler.inputs && sampler.inputs.model != null) {
+    loader = active.find((n) => String(n.id) === String(sampler.inputs.model) && n.type === LOADER_TYPE);
+  }
+  loader = loader || firstOfType(active, LOADER_TYPE);
+  if (!loader) return null;
+
+  const s = { ...DEFAULTS };
+  const take = (node, type) => {
+    if (!node) return;
+    const map = WIDGET_SOURCES[type] || {};
+    for (const [widget, key] of Object.entries(map)) {
+      const v = node.widgets ? node.widgets[widget] : undefined;
+      if (v !== undefined && v !== null) s[key] = v;
+    }
+  };
+  take(loader, LOADER_TYPE);
+  if (sampler) {
+    for (const key of SAMPLER_KEYS) {
+      const v = sampler.widgets ? sampler.widgets[key] : undefined;
+      if (v !== undefined && v !== null) s[key] = v;
+    }
+  }
+  take(firstOfType(active, "WanMeterTextEncoderLoader"), "WanMeterTextEncoderLoader");
+  take(firstOfType(active, "WanMeterVAELoader"), "WanMeterVAELoader");
+  take(firstOfType(active, "WanMeterVAEDecode"), "WanMeterVAEDecode");
+  take(firstOfType(active, ESTIMATOR_TYPE), ESTIMATOR_TYPE);
+
+  // The decode node's tiled combo overrides the loader's default unless it says "auto".
+  const o = s.vae_tiled_override;
+  delete s.vae_tiled_override;
+  if (o === "enable") s.vae_tiled = true;
+  else if (o === "disable") s.vae_tiled = false;
+  s.vae_tiled = Boolean(s.vae_tiled);
+
+  for (const k of ["width", "height", "frames", "steps", "blocks_to_stream", "videos_per_month", "num_gpus"]) {
+    s[k] = Math.round(Number(s[k]));
+  }
+  for (const k of ["cfg_high", "cfg_low", "price_per_hour", "budget_gb"]) s[k] = Number(s[k]);
+  return s;
+}
+
+/** A stable key: the glue skips a request when nothing that matters changed. */
+export function settingsKey(settings) {
+  if (!settings) return "";
+  return JSON.stringify(Object.keys(settings).sort().map((k) => [k, settings[k]]));
+}
+
+/** Debounce with injectable timers (tests pass fakes). */
+export function debounce(fn, ms = DEBOUNCE_MS, timers = globalThis) {
+  let handle = null;
+  const wrapped = (...args) => {
+    if (handle !== null) timers.clearTimeout(handle);
+    handle = timers.setTimeout(() => {
+      handle = null;
+      fn(...args);
+    }, ms);
+  };
+  wrapped.cancel = () => {
+    if (handle !== null) timers.clearTimeout(handle);
+    handle = null;
+  };
+  return wrapped;
+}
+
+// ------------------------------------------------------------------ formatting
+
+export function fmtSeconds(s) {
+  if (s === null || s === undefined || !isFinite(s)) return "?";
+  if (s < 60) return `${s < 10 ? s.toFixed(1) : Math.round(s)} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${Math.round(s - m * 60)} s`;
+  const h = Math.floor(m / 60);
+  return `${h} h ${m - h * 60} min`;
+}
+
+export function fmtMoney(x) {
+  if (x === null || x === undefined || !isFinite(x)) return "?";
+  if (x < 0.1) return `$${x.toFixed(3)}`;
+  if (x < 1000) return `$${x.toFixed(2)}`;
+  return `$${Math.round(x).toLocaleString("en-US")}`;
+}
+
+export function fmtGB(x) {
+  if (x === null || x === undefined || !isFinite(x)) return "?";
+  return `${x < 10 ? x.toFixed(1) : Math.round(x)} GB`;
+}
+
+/** The multi-line text the estimator node shows for a /wanmeter/estimate reply. */
+export function formatEstimate(r, measured = null) {
+  if (!r) return "WanMeter: waiting for an estimate...";
+  if (r.error) return `WanMeter: cannot estimate\n${r.error}`;
+  const lines = [];
+  const head = [r.label || r.variant, r.width && r.height ? `${r.width}x${r.height}` : null,
+    r.frames ? `${r.frames} frames` : null, r.steps ? `${r.steps} steps` : null].filter(Boolean);
+  lines.push(head.join(" · "));
+  const g = r.gpu || {};
+  lines.push(`GPU: ${g.name || "?"}${g.vram_gb ? ` (${fmtGB(g.vram_gb)})` : ""}`);
+  let vram = `Peak VRAM: ${fmtGB(r.peak_vram_gb)} of ${fmtGB(r.budget_gb)}`;
+  if (r.free_vram_gb !== null && r.free_vram_gb !== undefined) vram += ` (free now ${fmtGB(r.free_vram_gb)})`;
+  vram += r.fits ? "  OK, fits" : "  DOES NOT FIT";
+  lines.push(vram);
+  if (r.ram_gb) lines.push(`CPU RAM: ${fmtGB(r.ram_gb)}`);
+  let t = `Time per video: ${fmtSeconds(r.seconds_per_video)}`;
+  if (r.seconds_per_step) t += ` (${r.seconds_per_step.toFixed(r.seconds_per_step < 10 ? 2 : 1)} s/step)`;
+  lines.push(t);
+  lines.push(`Cost: ${fmtMoney(r.cost_per_video)} per video · ${fmtMoney(r.cost_per_month)} per month` +
+    ` (${r.videos_per_month ?? "?"} videos at ${fmtMoney(r.price_per_hour)}/h)`);
+  if (Array.isArray(r.cheapest) && r.cheapest.length) {
+    lines.push("Cheapest GPUs that fit:");
+    r.cheapest.slice(0, 3).forEach((c, i) => {
+      lines.push(`  ${i + 1}. ${c.name}: ${fmtMoney(c.cost_per_video)}/video, ${fmtSeconds(c.seconds_per_video)}` +
+        `${c.peak_vram_gb ? `, ${fmtGB(c.peak_vram_gb)}` : ""}`);
+    });
+  }
+  const warn = fitWarning(r);
+  if (warn) lines.push(`WARNING: ${warn}`);
+  for (const w of r.warnings || []) lines.push(`WARNING: ${w}`);
+  for (const n of r.notes || []) lines.push(`note: ${n}`);
+  if (measured) lines.push(...formatMeasured(measured, r));
+  return lines.join("\n");
+}
+
+/** A one-line warning when the plan does not fit the budget; "" when it fits. */
+export function fitWarning(r) {
+  if (!r || r.error || r.fits) return "";
+  const need = fmtGB(r.peak_vram_gb);
+  const have = fmtGB(r.budget_gb);
+  const hint = r.suggestion ? ` ${r.suggestion}` : " Try offload=blocks, fp8 weights, fewer frames or a smaller size.";
+  return `needs ${need} VRAM but only ${have} available.${hint}`;
+}
+
+/** Lines comparing the sampler's measured stats (ui.wanmeter_stats) with the estimate. */
+export function formatMeasured(m, r = null) {
+  if (!m) return [];
+  const est = r && !r.error ? r : null;
+  const sps = isFinite(m.seconds_per_step) ? `${m.seconds_per_step.toFixed(2)} s/step` : "? s/step";
+  const lines = [`Measured (last run on ${m.device || "?"}): ${sps}` +
+    (est && est.seconds_per_step ? ` (estimated ${est.seconds_per_step.toFixed(2)})` : "") +
+    `, ${fmtSeconds(m.total_seconds)} sampling`];
+  const peak = m.peak_vram_gib === null || m.peak_vram_gib === undefined ? "n/a" : fmtGB(m.peak_vram_gib * 1.073741824);
+  lines.push(`  peak VRAM ${peak}` + (est ? ` (estimated ${fmtGB(est.peak_vram_gb)})` : ""));
+  return lines;
+}

@@ -1,0 +1,206 @@
+// WanMeter web extension: the live VRAM/time/cost estimate on the WanMeter Estimator node.
+// Thin glue around ./estimate_logic.js (pure, unit-tested): read the graph, POST the settings
+// to /wanmeter/estimate (debounced), write the reply into read-only text widgets.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+import { ComfyWidgets } from "../../scripts/widgets.js";
+import {
+  ESTIMATOR_TYPE, LOADER_TYPE, DEBOUNCE_MS, debounce, fitWarning, formatEstimate, formatMeasured,
+  graphToSettings, isRelevantType, isSamplerType, settingsKey,
+} from "./estimate_logic.js";
+
+const state = { lastKey: "", lastReply: null, measured: null, inFlight: 0, version: -1 };
+
+function nodesOf(graph) {
+  return (graph && (graph._nodes || graph.nodes)) || [];
+}
+
+function linkOf(graph, id) {
+  if (id === null || id === undefined || !graph) return null;
+  const links = graph.links || graph._links;
+  if (!links) return null;
+  return typeof links.get === "function" ? links.get(id) : links[id];
+}
+
+/** app.graph -> the plain description graphToSettings takes. */
+function describeGraph(graph) {
+  return {
+    nodes: nodesOf(graph).map((n) => {
+      const widgets = {};
+      for (const w of n.widgets || []) if (w && w.name && w.serialize !== false) widgets[w.name] = w.value;
+      const inputs = {};
+      for (const inp of n.inputs || []) {
+        const l = linkOf(graph, inp.link);
+        inputs[inp.name] = l ? l.origin_id : null;
+      }
+      return { id: n.id, type: n.comfyClass || n.type, mode: n.mode, widgets, inputs };
+    }),
+  };
+}
+
+function textWidget(node, name) {
+  let w = node.widgets && node.widgets.find((x) => x.name === name);
+  if (!w) {
+    w = ComfyWidgets.STRING(node, name, ["STRING", { multiline: true }], app).widget;
+    if (w.element) w.element.readOnly = true;
+    w.serialize = false; // display only: stays out of the saved widgets_values and the prompt
+  }
+  return w;
+}
+
+function render() {
+  const graph = app.graph;
+  for (const n of nodesOf(graph)) {
+    const type = n.comfyClass || n.type;
+    if (type === ESTIMATOR_TYPE) {
+      textWidget(n, "estimate").value = formatEstimate(state.lastReply, state.measured);
+    } else if (type === LOADER_TYPE) {
+      n.wanmeterWarning = state.lastReply ? fitWarning(state.lastReply) : "";
+    }
+  }
+  graph && graph.setDirtyCanvas && graph.setDirtyCanvas(true, true);
+  app.canvas && app.canvas.setDirty && app.canvas.setDirty(true, true);
+}
+
+async function refresh(force = false) {
+  const graph = app.graph;
+  if (!graph) return;
+  const hasEstimator = nodesOf(graph).some((n) => (n.comfyClass || n.type) === ESTIMATOR_TYPE);
+  const settings = graphToSettings(describeGraph(graph));
+  if (!settings) {
+    if (hasEstimator) {
+      state.lastReply = { error: "Add a WanMeter Model Loader to the graph to get an estimate." };
+      render();
+    }
+    return;
+  }
+  const key = settingsKey(settings);
+  if (!force && key === state.lastKey) return;
+  state.lastKey = key;
+  const ticket = ++state.inFlight;
+  let reply;
+  try {
+    const res = await api.fetchApi("/wanmeter/estimate", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(settings),
+    });
+    reply = await res.json();
+    if (!res.ok && !reply.error) reply = { error: `HTTP ${res.status}` };
+  } catch (e) {
+    reply = { error: `the estimate route did not answer (${e})` };
+  }
+  if (ticket !== state.inFlight) return; // a newer request superseded this one
+  state.lastReply = reply;
+  render();
+}
+
+const schedule = debounce(() => refresh(false), DEBOUNCE_MS);
+
+function watchNode(node) {
+  const type = node.comfyClass || node.type;
+  if (!isRelevantType(type)) return;
+  const orig = node.onWidgetChanged;
+  node.onWidgetChanged = function (...args) {
+    const r = orig ? orig.apply(this, args) : undefined;
+    schedule();
+    return r;
+  };
+  for (const w of node.widgets || []) {
+    const cb = w.callback;
+    w.callback = function (...args) {
+      const r = cb ? cb.apply(this, args) : undefined;
+      schedule();
+      return r;
+    };
+  }
+  schedule();
+}
+
+app.registerExtension({
+  name: "WanMeter.Estimate",
+
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    const name = nodeData && nodeData.name;
+    if (name === ESTIMATOR_TYPE) {
+      const created = nodeType.prototype.onNodeCreated;
+      nodeType.prototype.onNodeCreated = function () {
+        const r = created ? created.apply(this, arguments) : undefined;
+        textWidget(this, "estimate").value = formatEstimate(state.lastReply, state.measured);
+        return r;
+      };
+      const executed = nodeType.prototype.onExecuted;
+      nodeType.prototype.onExecuted = function (message) {
+        executed && executed.apply(this, arguments);
+        if (message && message.wanmeter_estimate && message.wanmeter_estimate[0]) {
+          state.lastReply = message.wanmeter_estimate[0];
+        }
+        render();
+      };
+    }
+    if (isSamplerType(name)) {
+      const executed = nodeType.prototype.onExecuted;
+      nodeType.prototype.onExecuted = function (message) {
+        executed && executed.apply(this, arguments);
+        const stats = message && message.wanmeter_stats && message.wanmeter_stats[0];
+        if (stats) {
+          state.measured = stats;
+          textWidget(this, "measured").value = formatMeasured(stats, state.lastReply).join("\n");
+          render();
+        }
+      };
+    }
+    if (name === LOADER_TYPE) {
+      const draw = nodeType.prototype.onDrawForeground;
+      nodeType.prototype.onDrawForeground = function (ctx) {
+        const r = draw ? draw.apply(this, arguments) : undefined;
+        if (this.wanmeterWarning && !(this.flags && this.flags.collapsed)) {
+          ctx.save();
+          ctx.fillStyle = "#ff6b6b";
+          ctx.font = "12px sans-serif";
+          const text = `does not fit: ${this.wanmeterWarning}`;
+          const maxW = this.size[0] - 12;
+          let line = "";
+          let y = this.size[1] + 16;
+          for (const word of text.split(" ")) {
+            if (ctx.measureText(line + word).width > maxW && line) {
+              ctx.fillText(line, 6, y);
+              line = "";
+              y += 14;
+            }
+            line += word + " ";
+          }
+          ctx.fillText(line, 6, y);
+          ctx.restore();
+        }
+        return r;
+      };
+    }
+  },
+
+  nodeCreated(node) {
+    watchNode(node);
+  },
+
+  loadedGraphNode(node) {
+    watchNode(node);
+  },
+
+  async afterConfigureGraph() {
+    state.lastKey = "";
+    schedule();
+  },
+
+  async setup() {
+    api.addEventListener("graphChanged", () => schedule());
+    // Link changes and widget edits through converted inputs bump graph._version; a cheap poll
+    // catches whatever the events miss (settingsKey makes unchanged graphs free).
+    setInterval(() => {
+      const v = app.graph && app.graph._version;
+      if (v !== undefined && v !== state.version) {
+        state.version = v;
+        schedule();
+      }
+    }, 500);
+  },
+});
