@@ -8,11 +8,15 @@ from a seeded generator in sorted-name order, so the files are identical on ever
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from . import register
 from .spec import SEED, TINY_VAE
+
+VERSION = "1"
 
 FILE_NAMES = {"wan21": "tiny_wan_2.1_vae.safetensors", "wan22": "tiny_wan2.2_vae.safetensors"}
 
@@ -54,20 +58,20 @@ def tiny_vae_state_dict(family: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_tiny_vae(directory: str | Path, family: str) -> Path:
-    """Write one tiny VAE (bf16, like the real files) and return its path."""
+def write_tiny_vae(dest: str | Path, family: str) -> Path:
+    """Write one tiny VAE to exactly `dest` (bf16, like the real files) and return it."""
     from safetensors.torch import save_file
 
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / FILE_NAMES[family]
+    dest = Path(dest)
     sd = {k: v.to(torch.bfloat16).contiguous() for k, v in tiny_vae_state_dict(family).items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(sd, str(tmp))
-    tmp.replace(path)
-    return path
+    save_file(sd, str(dest), metadata={"wanmeter_tiny": f"vae/{family}/v{VERSION}"})
+    return dest
 
 
-def write_tiny_vaes(directory: str | Path) -> dict[str, Path]:
-    """Write both tiny VAEs; returns {"wan21": path, "wan22": path}."""
-    return {fam: write_tiny_vae(directory, fam) for fam in ("wan21", "wan22")}
+def fixture_name(family: str) -> str:
+    """Registry name: vae_wan21, vae_wan22."""
+    return f"vae_{family}"
+
+
+for _fam in ("wan21", "wan22"):
+    register(fixture_name(_fam), partial(write_tiny_vae, family=_fam), f"vae/{FILE_NAMES[_fam]}", version=VERSION)
