@@ -1,0 +1,176 @@
+"""estimate(): VRAM, RAM, time and cost of one workload on one GPU under one plan.
+
+Every number is a formula over the workload's sizes and the GPU's specs times a calibration
+constant (data/calibration.json); Estimate.trace lists the terms so the result can be checked
+by hand.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .calibration import Calibration, load_calibration
+from .gpus import GpuSpec
+from .memory import ram_breakdown, vram_peak, vram_phases
+from .sizes import GIB, compute_sizes
+from .timing import attention_backend, fp8_compute_active, phase_times
+from .workload import Plan, Workload
+
+DEFAULT_VIDEOS_PER_MONTH = 1000
+
+
+@dataclass(frozen=True)
+class Prices:
+    """$/GPU-hour; None = unknown."""
+
+    on_demand: float | None = None
+    spot: float | None = None
+    reserved: float | None = None
+
+    @classmethod
+    def of(cls, gpu: GpuSpec, override: "Prices | float | dict | None" = None) -> "Prices":
+        base = cls(gpu.on_demand_per_hour, gpu.spot_per_hour, gpu.reserved_per_hour)
+        if override is None:
+            return base
+        if isinstance(override, (int, float)):
+            return cls(float(override), base.spot, base.reserved)
+        if isinstance(override, dict):
+            override = cls(**{k: override.get(k) for k in ("on_demand", "spot", "reserved")})
+        return cls(override.on_demand if override.on_demand is not None else base.on_demand,
+                   override.spot if override.spot is not None else base.spot,
+                   override.reserved if override.reserved is not None else base.reserved)
+
+
+@dataclass
+class Estimate:
+    workload: Workload
+    plan: Plan
+    gpu: GpuSpec
+    vram_peak_gib: float
+    vram_peak_phase: str
+    vram_breakdown: dict[str, float]          # GiB, the peak phase's terms
+    vram_phases_gib: dict[str, float]          # GiB per phase (tensors only)
+    vram_limit_gib: float
+    fits: bool
+    ram_gib: float
+    ram_breakdown: dict[str, float]
+    ram_fits: bool | None
+    load_cold_s: float
+    text_encode_s: float
+    transfers_s: float
+    denoise_s: float
+    decode_s: float
+    denoise_parts: dict[str, float]
+    forwards: int
+    flops_total: float
+    flop_floor_s: float
+    prices: Prices
+    videos_per_month: int = DEFAULT_VIDEOS_PER_MONTH
+    notes: list[str] = field(default_factory=list)
+    trace: list[str] = field(default_factory=list)
+
+    @property
+    def per_video_s(self) -> float:
+        """Seconds per video with models already loaded (the steady state)."""
+        return self.text_encode_s + self.transfers_s + self.denoise_s + self.decode_s
+
+    @property
+    def first_video_s(self) -> float:
+        return self.load_cold_s + self.per_video_s
+
+    def _cost(self, per_hour: float | None) -> float | None:
+        return None if per_hour is None else self.per_video_s / 3600.0 * per_hour * self.plan.num_gpus
+
+    @property
+    def cost_per_video(self) -> float | None:
+        """$ per video at the on-demand price (None without a price)."""
+        return self._cost(self.prices.on_demand)
+
+    def monthly(self, videos: int | None = None) -> dict[str, float | None]:
+        n = self.videos_per_month if videos is None else videos
+        out = {}
+        for k in ("on_demand", "spot", "reserved"):
+            c = self._cost(getattr(self.prices, k))
+            out[k] = None if c is None else c * n
+        return out
+
+    @property
+    def headroom_gib(self) -> float:
+        return self.vram_limit_gib - self.vram_peak_gib
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (for --json and the HTTP route)."""
+        r = lambda x, n=3: None if x is None else round(float(x), n)  # noqa: E731
+        return {
+            "gpu": self.gpu.key, "gpu_name": self.gpu.name, "plan": self.plan.describe(),
+            "plan_fields": {k: getattr(self.plan, k) for k in self.plan.__dataclass_fields__},
+            "fits": self.fits, "vram_peak_gib": r(self.vram_peak_gib, 2), "vram_limit_gib": r(self.vram_limit_gib, 2),
+            "vram_peak_phase": self.vram_peak_phase,
+            "vram_breakdown_gib": {k: r(v, 2) for k, v in self.vram_breakdown.items()},
+            "vram_phases_gib": {k: r(v, 2) for k, v in self.vram_phases_gib.items()},
+            "ram_gib": r(self.ram_gib, 2), "ram_breakdown_gib": {k: r(v, 2) for k, v in self.ram_breakdown.items()},
+            "ram_fits": self.ram_fits,
+            "time_s": {"load_cold": r(self.load_cold_s, 1), "text_encode": r(self.text_encode_s, 2),
+                       "transfers": r(self.transfers_s, 2), "denoise": r(self.denoise_s, 1),
+                       "decode": r(self.decode_s, 1), "per_video": r(self.per_video_s, 1),
+                       "first_video": r(self.first_video_s, 1)},
+            "denoise_parts_s": {k: r(v, 2) for k, v in self.denoise_parts.items()},
+            "forwards": self.forwards, "pflop": r(self.flops_total / 1e15, 2), "flop_floor_s": r(self.flop_floor_s, 1),
+            "price_per_hour": {"on_demand": self.prices.on_demand, "spot": self.prices.spot, "reserved": self.prices.reserved},
+            "cost_per_video": r(self.cost_per_video, 4), "videos_per_month": self.videos_per_month,
+            "monthly": {k: r(v, 2) for k, v in self.monthly().items()},
+            "notes": list(self.notes), "trace": list(self.trace),
+        }
+
+
+def flop_floor(flops_linear: float, flops_attn: float, plan: Plan, gpu: GpuSpec) -> float:
+    """No implementation can beat this: each kind of FLOP at the fastest peak it may use."""
+    lin_peak = (gpu.fp8_tflops or gpu.peak_bf16_tflops) if plan.compute == "fp8" else gpu.peak_bf16_tflops
+    att_peak = gpu.peak_bf16_tflops * (2.0 if plan.attention == "sage" else 1.0)
+    return flops_linear / (lin_peak * 1e12) + flops_attn / (att_peak * 1e12)
+
+
+def estimate(workload: Workload, plan: Plan, gpu: GpuSpec, prices: Prices | float | dict | None = None, *,
+             videos_per_month: int = DEFAULT_VIDEOS_PER_MONTH, cal: Calibration | None = None) -> Estimate:
+    """VRAM, RAM, time and cost of `workload` on `gpu` run as `plan` (see module doc)."""
+    cal = cal or load_calibration()
+    s = compute_sizes(workload, plan, cal)
+    notes: list[str] = []
+    if plan.compute == "fp8" and not fp8_compute_active(plan, gpu):
+        notes.append("fp8 compute needs fp8 weights and a GPU with fp8 tensor cores: estimated as bf16 compute"
+                     if gpu.has_fp8 else f"{gpu.name} has no fp8 tensor cores: estimated as bf16 compute")
+    if plan.attention == "flash_attn_3" and gpu.arch != "hopper":
+        notes.append("FlashAttention-3 runs only on Hopper: estimated at FlashAttention-2 speed")
+    if plan.offload == "blocks" and plan.blocks_to_stream > s.shape.num_layers:
+        notes.append(f"{workload.variant} has {s.shape.num_layers} blocks: streaming all of them")
+    phases = vram_phases(s, workload, plan, cal)
+    peak, phase, breakdown = vram_peak(phases, cal)
+    limit = plan.budget_gib if plan.budget_gib is not None else gpu.usable_gib - float(cal.v("overhead.vram_reserve_gib"))
+    ram = ram_breakdown(s, workload, plan, cal)
+    ram_total = sum(ram.values())
+    t = phase_times(s, workload, plan, gpu, cal)
+    fwd_counts = sum(c for c in (st * (2 if g > 1.0 else 1) for st, g in zip(workload.expert_steps(), workload.cfg)))
+    lin = sum(f.linear for f in s.flops_per_clip) * fwd_counts
+    att = sum(f.attention for f in s.flops_per_clip) * fwd_counts
+    floor = flop_floor(lin, att, plan, gpu)
+    if t.denoise < floor:  # cannot happen with calibration fractions <= 1; kept as a hard guarantee
+        notes.append("denoise time raised to the FLOP floor")
+        t.denoise = floor
+    trace = [f"tokens {s.tokens_per_clip[0]} ({workload.width}x{workload.height}x{workload.frames}), "
+             f"{t.forwards} forwards ({'/'.join(map(str, workload.expert_steps()))} steps per expert, cfg "
+             f"{'/'.join('on' if c > 1 else 'off' for c in workload.cfg)})"
+             + (f" x {len(s.tokens_per_clip)} clips" if len(s.tokens_per_clip) > 1 else ""),
+             "per forward: " + "; ".join(t.per_forward.trace),
+             f"weights: {s.expert_params / 1e9:.2f}e9 params x {s.bytes_per_weight} B = {s.expert_bytes / GIB:.1f} GiB per expert"
+             f" x {s.experts} expert(s)",
+             f"FLOP floor: {(lin + att) / 1e15:.1f} PFLOP at peak = {floor:.1f} s"]
+    return Estimate(
+        workload=workload, plan=plan, gpu=gpu, vram_peak_gib=peak / GIB, vram_peak_phase=phase,
+        vram_breakdown=breakdown, vram_phases_gib={k: sum(v.values()) / GIB for k, v in phases.items()},
+        vram_limit_gib=float(limit), fits=peak / GIB <= limit,
+        ram_gib=ram_total, ram_breakdown=ram, ram_fits=None if plan.ram_gib is None else ram_total <= plan.ram_gib,
+        load_cold_s=t.load_cold, text_encode_s=t.text_encode, transfers_s=t.transfers, denoise_s=t.denoise,
+        decode_s=t.decode, denoise_parts=t.denoise_parts, forwards=t.forwards, flops_total=lin + att,
+        flop_floor_s=floor, prices=Prices.of(gpu, prices), videos_per_month=int(videos_per_month),
+        notes=notes, trace=trace + [f"attention backend: {attention_backend(plan, gpu, cal)}"],
+    )

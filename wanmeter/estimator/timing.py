@@ -1,0 +1,168 @@
+"""Seconds per phase: loading, text encoding, denoising, decoding.
+
+Denoising, per forward: linear FLOPs / matmul rate + attention FLOPs / kernel rate +
+elementwise HBM traffic / bandwidth + weight-cast traffic (fp8/GGUF storage) + streamed-block
+transfers not hidden under compute + multi-GPU communication. Rates are the GPU's achieved
+matmul rate x calibrated fractions, so no term can beat FLOPs / peak.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .calibration import Calibration
+from .gpus import GpuSpec
+from .sizes import GIB, Sizes
+from .workload import Plan, Workload
+
+
+def matmul_rate(gpu: GpuSpec, cal: Calibration) -> float:
+    """FLOP/s of the DiT's bf16 linears on this GPU."""
+    base = gpu.achieved_bf16_tflops or gpu.bf16_tflops * float(cal.v("matmul.default_fraction_of_datasheet"))
+    return min(base * float(cal.v("matmul.in_model_fraction_of_achieved")), gpu.peak_bf16_tflops) * 1e12
+
+
+def attention_backend(plan: Plan, gpu: GpuSpec, cal: Calibration) -> str:
+    """The kernel that actually runs: 'sdpa' resolves per architecture; FA3 only on Hopper."""
+    b = plan.attention
+    if b == "sdpa":
+        b = cal.v("sdpa_auto_backend")[gpu.arch]
+    return b
+
+
+def attention_rate(plan: Plan, gpu: GpuSpec, cal: Calibration) -> float:
+    b = attention_backend(plan, gpu, cal)
+    frac = float(cal.v(f"attention_fraction_of_matmul.{gpu.arch}.{b}"))
+    cap = 2.0 if b == "sage" else 1.0   # SageAttention's QK^T runs in int8 (>= 2x the bf16 rate)
+    return min(matmul_rate(gpu, cal) * frac, gpu.peak_bf16_tflops * 1e12 * cap)
+
+
+def fp8_compute_active(plan: Plan, gpu: GpuSpec) -> bool:
+    return plan.compute == "fp8" and gpu.has_fp8 and plan.weight_dtype.startswith("fp8")
+
+
+@dataclass
+class ForwardTime:
+    linear: float = 0.0
+    attention: float = 0.0
+    elementwise: float = 0.0
+    weight_cast: float = 0.0
+    streaming: float = 0.0
+    communication: float = 0.0
+    trace: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        return self.linear + self.attention + self.elementwise + self.weight_cast + self.streaming + self.communication
+
+
+def forward_time(s: Sizes, w: Workload, p: Plan, gpu: GpuSpec, cal: Calibration, clip: int = 0) -> ForwardTime:
+    """Seconds of one DiT forward (one CFG branch) for clip `clip`."""
+    f = s.flops_per_clip[clip]
+    n_tok = s.tokens_per_clip[clip] * w.batch
+    g = p.num_gpus
+    t = ForwardTime()
+    r_mm = matmul_rate(gpu, cal)
+    lin_rate = r_mm * (float(cal.v("fp8.linear_speedup_vs_bf16")) if fp8_compute_active(p, gpu) else 1.0)
+    lin_rate = min(lin_rate, (gpu.fp8_tflops or gpu.peak_bf16_tflops) * 1e12)
+    r_att = attention_rate(p, gpu, cal)
+    bw = gpu.mem_bw_gbps * 1e9
+    t.linear = f.linear / lin_rate / g
+    t.attention = f.attention / r_att / g
+    layers, d = s.shape.num_layers, s.shape.dim
+    t.elementwise = layers * n_tok * d * float(cal.v("elementwise_bytes_per_token_channel_block")) / bw / g
+    t.trace.append(f"linear {f.linear / 1e12:.1f} TFLOP / {lin_rate / 1e12:.0f} TF/s" + (f" / {g} GPUs" if g > 1 else "")
+                   + f" = {t.linear:.3f} s")
+    t.trace.append(f"attention {f.attention / 1e12:.1f} TFLOP / {r_att / 1e12:.0f} TF/s "
+                   f"({attention_backend(p, gpu, cal)}) = {t.attention:.3f} s")
+    t.trace.append(f"elementwise {layers} blocks x {n_tok} tokens x {d} x "
+                   f"{cal.v('elementwise_bytes_per_token_channel_block'):.0f} B / {gpu.mem_bw_gbps:.0f} GB/s = {t.elementwise:.3f} s")
+    if p.weight_dtype not in ("bf16", "fp16") and not fp8_compute_active(p, gpu):
+        k = float(cal.v("fp8.cast_bytes_per_weight"))
+        if p.is_gguf:
+            k *= float(cal.v("fp8.gguf_dequant_factor"))
+        t.weight_cast = s.expert_params * k / bw / g
+        t.trace.append(f"weight upcast {s.expert_params / 1e9:.1f}e9 weights x {k:.0f} B / {gpu.mem_bw_gbps:.0f} GB/s = {t.weight_cast:.3f} s")
+    if p.offload == "blocks" and p.blocks_to_stream > 0:
+        n = min(p.blocks_to_stream, layers)
+        per_block_compute = (t.linear + t.attention + t.elementwise + t.weight_cast) / layers
+        xfer = s.block_bytes / (gpu.host_link_gbps * 1e9)
+        ovh = float(cal.v("streaming.overhead_s_per_block"))
+        t.streaming = n * (max(0.0, xfer - per_block_compute) + ovh)
+        t.trace.append(f"streaming {n} blocks x (max(0, {xfer * 1e3:.1f} ms transfer - {per_block_compute * 1e3:.1f} ms compute)"
+                       f" + {ovh * 1e3:.1f} ms) = {t.streaming:.3f} s")
+    if g > 1:
+        link = gpu.interconnect_gbps * 1e9
+        a2a = layers * int(cal.v("multi_gpu.alltoall_per_block")) * n_tok * d * 2.0 * (g - 1) / g / g / link
+        gather = s.expert_bytes * (g - 1) / g / link
+        t.communication = (a2a + gather) * float(cal.v("multi_gpu.comm_exposed_fraction"))
+        t.trace.append(f"communication: all-to-all {a2a:.3f} s + weight all-gather {gather:.3f} s over {gpu.interconnect_gbps:.0f} GB/s")
+    return t
+
+
+def forwards_per_expert(w: Workload) -> tuple[int, ...]:
+    """Forwards each expert runs for one clip: steps x (2 with CFG, else 1)."""
+    return tuple(st * (2 if c > 1.0 else 1) * 1 for st, c in zip(w.expert_steps(), w.cfg))
+
+
+@dataclass
+class PhaseTimes:
+    load_cold: float
+    text_encode: float
+    transfers: float
+    denoise: float
+    decode: float
+    denoise_parts: dict[str, float]
+    per_forward: ForwardTime
+    forwards: int
+
+
+def phase_times(s: Sizes, w: Workload, p: Plan, gpu: GpuSpec, cal: Calibration) -> PhaseTimes:
+    host = gpu.host_link_gbps * 1e9
+    pageable = host * float(cal.v("streaming.pageable_fraction_of_link"))
+    disk = float(cal.v("overhead.disk_gbps")) * 1e9
+    # Cold load: every file read from disk once, then what lives on the GPU crosses the host link.
+    files = s.experts * s.expert_bytes + s.te_bytes + s.vae_bytes
+    load = files / disk
+    # Text encoding.
+    tokens = s.prompts * 512
+    te_flops = 2.0 * (s.te_params - float(cal.v("text_encoder.embedding_params"))) * tokens
+    if p.text_encoder_device == "gpu":
+        te = te_flops / (matmul_rate(gpu, cal) * float(cal.v("text_encoder.gpu_fraction_of_matmul")))
+    else:
+        te = te_flops / (float(cal.v("text_encoder.cpu_tflops")) * 1e12)
+    # Per-video host<->GPU moves of whole models.
+    transfers = 0.0
+    if p.text_encoder_device == "gpu" and p.text_encoder_unload:
+        transfers += s.te_bytes / pageable
+    if p.offload == "model":
+        transfers += s.experts * s.expert_bytes / pageable
+    elif p.offload == "blocks" and s.experts > 1:
+        transfers += s.experts * (s.expert_bytes - min(p.blocks_to_stream, s.shape.num_layers) * s.block_bytes) / pageable
+    # Denoising.
+    parts = {k: 0.0 for k in ("linear", "attention", "elementwise", "weight_cast", "streaming", "communication", "step_overhead")}
+    fwd_counts = forwards_per_expert(w)
+    n_fwd = 0
+    first: ForwardTime | None = None
+    for c in range(len(s.tokens_per_clip)):
+        ft = forward_time(s, w, p, gpu, cal, c)
+        first = first or ft
+        k = sum(fwd_counts)
+        n_fwd += k
+        for name in ("linear", "attention", "elementwise", "weight_cast", "streaming", "communication"):
+            parts[name] += k * getattr(ft, name)
+        parts["step_overhead"] += w.steps * float(cal.v("overhead.per_step_overhead_s"))
+    denoise = sum(parts.values())
+    # Decode.
+    fam = w.facts["vae"]
+    k = cal.v(f"vae.{fam}.{'tiled' if p.vae_tiled else 'full'}")
+    frames = w.frames * len(s.tokens_per_clip)
+    ref_rate = float(cal.v("reference_matmul_tflops")) * 1e12  # decode times were measured there
+    decode = (float(k["fixed_s"]) + float(k["ns_per_pixel_frame"]) * 1e-9 * w.width * w.height * frames * w.batch)
+    decode *= ref_rate / matmul_rate(gpu, cal)
+    if p.vae_dtype == "fp32":
+        decode *= float(cal.v("vae.fp32_time_factor"))
+    return PhaseTimes(load_cold=load, text_encode=te, transfers=transfers, denoise=denoise, decode=decode,
+                      denoise_parts=parts, per_forward=first or ForwardTime(), forwards=n_fwd)
+
+
+__all__ = ["phase_times", "forward_time", "matmul_rate", "attention_rate", "GIB"]

@@ -1,0 +1,171 @@
+"""What is generated (Workload) and how it runs (Plan): the estimator's two inputs.
+
+Kept as plain frozen dataclasses so the CLI, the HTTP route and the nodes build them from
+settings without importing torch, and so suggest_fixes() can derive changed copies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..errors import WanMeterError
+from ..variants import variant, variant_names
+
+WEIGHT_DTYPES = ("bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2", "int8", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M")
+GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M")
+COMPUTE = ("bf16", "fp16", "fp8")
+OFFLOAD = ("none", "model", "blocks")
+ATTENTION = ("sdpa", "cudnn", "flash", "efficient", "sage", "flash_attn_3")
+ATTENTION_ALIASES = {"sageattn": "sage", "sageattention": "sage", "flash_attn_2": "flash", "flash_attn": "flash",
+                     "fa2": "flash", "fa3": "flash_attn_3", "flash_attn3": "flash_attn_3", "auto": "sdpa",
+                     "mem_efficient": "efficient", "xformers": "efficient"}
+TE_DTYPES = ("bf16", "fp16", "fp32", "fp8_e4m3fn")
+VAE_DTYPES = ("bf16", "fp16", "fp32")
+
+LIMITS = {"width": (64, 4096), "height": (64, 4096), "frames": (1, 1025), "steps": (1, 1000),
+          "batch": (1, 64), "loras": (0, 32), "lora_rank": (1, 1024), "s2v_clips": (1, 100), "num_gpus": (1, 64)}
+
+
+def _check_int(name: str, value: object) -> int:
+    lo, hi = LIMITS[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise WanMeterError(f"{name} must be a whole number between {lo} and {hi}, got {value!r}.")
+    if not lo <= int(value) <= hi:
+        raise WanMeterError(f"{name}={value} is out of range: use {lo}..{hi}.")
+    return int(value)
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise WanMeterError(f"{name}={value!r} is not supported. Use one of: {', '.join(choices)}.")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One generation request. cfg has one guidance scale per expert; 1.0 (or less) means no CFG
+    (one forward per step instead of two)."""
+
+    variant: str = "t2v_a14b"
+    width: int = 1280
+    height: int = 720
+    frames: int = 81
+    steps: int = 40
+    cfg: tuple[float, ...] = (4.0, 3.0)
+    batch: int = 1
+    shift: float | None = None
+    high_noise_steps: int | None = None
+    loras: int = 0
+    lora_rank: int = 64
+    s2v_clips: int = 1
+
+    def __post_init__(self) -> None:
+        if self.variant not in variant_names():
+            raise WanMeterError(f"Unknown variant {self.variant!r}. Use one of: {', '.join(variant_names())}.")
+        for n in ("width", "height", "frames", "steps", "batch", "loras", "lora_rank", "s2v_clips"):
+            object.__setattr__(self, n, _check_int(n, getattr(self, n)))
+        mult = int(variant(self.variant)["size_multiple"])
+        if self.width % mult or self.height % mult:
+            raise WanMeterError(f"{self.width}x{self.height} is not a multiple of {mult} for {self.variant}: "
+                                f"round to e.g. {self.width // mult * mult}x{self.height // mult * mult}.")
+        if (self.frames - 1) % 4:
+            if not (self.variant == "s2v_14b" and self.frames % 4 == 0):
+                raise WanMeterError(f"frames={self.frames}: Wan needs 4k+1 frames (e.g. {(self.frames - 1) // 4 * 4 + 1}).")
+        cfg = self.cfg if isinstance(self.cfg, (tuple, list)) else (self.cfg,)
+        cfg = tuple(float(c) for c in cfg)
+        if not cfg or any(c < 0 or c > 100 for c in cfg):
+            raise WanMeterError(f"cfg={self.cfg!r}: give one guidance scale per expert between 0 and 100 (1.0 = off).")
+        n_exp = int(variant(self.variant)["experts"])
+        if len(cfg) == 1 and n_exp == 2:
+            cfg = cfg * 2
+        if len(cfg) != n_exp:
+            raise WanMeterError(f"{self.variant} has {n_exp} expert(s): give {n_exp} cfg value(s), got {len(cfg)}.")
+        object.__setattr__(self, "cfg", cfg)
+        if self.high_noise_steps is not None and not 0 <= int(self.high_noise_steps) <= self.steps:
+            raise WanMeterError(f"high_noise_steps={self.high_noise_steps} must be between 0 and steps={self.steps}.")
+        if self.shift is not None and not 0 < float(self.shift) <= 100:
+            raise WanMeterError(f"shift={self.shift} must be in (0, 100].")
+
+    @property
+    def facts(self) -> dict:
+        return variant(self.variant)
+
+    def expert_steps(self) -> tuple[int, ...]:
+        """Steps run by each expert. A14B: steps whose shifted timestep >= boundary*1000 go to the
+        high-noise expert (sigmas = linspace(1, 0, N+1)[:-1], shifted s*x/(1+(s-1)*x))."""
+        f = self.facts
+        if int(f["experts"]) == 1:
+            return (self.steps,)
+        if self.high_noise_steps is not None:
+            high = int(self.high_noise_steps)
+        else:
+            s = float(self.shift if self.shift is not None else f["default_shift"])
+            b = float(f["boundary"])
+            high = 0
+            for i in range(self.steps):
+                x = 1.0 - i / self.steps
+                if s * x / (1 + (s - 1) * x) >= b:
+                    high += 1
+        return (high, self.steps - high)
+
+    def with_(self, **kw) -> "Workload":
+        return replace(self, **kw)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the workload runs: storage precision, compute path, offload, kernels, devices."""
+
+    weight_dtype: str = "bf16"
+    compute: str = "bf16"
+    offload: str = "none"
+    blocks_to_stream: int = 0
+    attention: str = "sdpa"
+    text_encoder_device: str = "gpu"
+    text_encoder_dtype: str = "bf16"
+    text_encoder_unload: bool = True
+    vae_tiled: bool = False
+    vae_dtype: str = "bf16"
+    num_gpus: int = 1
+    lora_mode: str = "merged"
+    budget_gib: float | None = None
+    ram_gib: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("weight_dtype", self.weight_dtype, WEIGHT_DTYPES)
+        _check_choice("compute", self.compute, COMPUTE)
+        _check_choice("offload", self.offload, OFFLOAD)
+        att = ATTENTION_ALIASES.get(str(self.attention).lower(), str(self.attention).lower())
+        object.__setattr__(self, "attention", _check_choice("attention", att, ATTENTION))
+        _check_choice("text_encoder_device", self.text_encoder_device, ("gpu", "cpu"))
+        _check_choice("text_encoder_dtype", self.text_encoder_dtype, TE_DTYPES)
+        _check_choice("vae_dtype", self.vae_dtype, VAE_DTYPES)
+        _check_choice("lora_mode", self.lora_mode, ("merged", "unmerged"))
+        object.__setattr__(self, "num_gpus", _check_int("num_gpus", self.num_gpus))
+        if isinstance(self.blocks_to_stream, bool) or not isinstance(self.blocks_to_stream, int) or self.blocks_to_stream < 0:
+            raise WanMeterError(f"blocks_to_stream={self.blocks_to_stream!r} must be a whole number >= 0.")
+        if self.offload != "blocks" and self.blocks_to_stream:
+            object.__setattr__(self, "offload", "blocks")
+        for n in ("budget_gib", "ram_gib"):
+            v = getattr(self, n)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 4096):
+                raise WanMeterError(f"{n}={v!r} must be a positive number of GiB (at most 4096), or unset.")
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.weight_dtype in GGUF_TYPES
+
+    def with_(self, **kw) -> "Plan":
+        return replace(self, **kw)
+
+    def describe(self) -> str:
+        parts = [self.weight_dtype + (" fp8-compute" if self.compute == "fp8" else "")]
+        parts.append({"none": "no offload", "model": "model offload"}.get(
+            self.offload, f"stream {self.blocks_to_stream} blocks"))
+        parts.append(f"attn {self.attention}")
+        if self.text_encoder_device == "cpu":
+            parts.append("text enc. on CPU")
+        if self.vae_tiled:
+            parts.append("tiled VAE")
+        if self.num_gpus > 1:
+            parts.append(f"{self.num_gpus} GPUs")
+        return ", ".join(parts)
