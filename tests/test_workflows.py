@@ -1,0 +1,169 @@
+"""workflows/*.json: UI format, node types that exist, widgets_values that match INPUT_TYPES,
+consistent links, official file names and defaults, and in sync with tools/make_workflows.py."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WF = ROOT / "workflows"
+WORKFLOWS = sorted(WF.glob("*.json"))
+OURS = {"wan22_t2v_a14b.json", "wan22_i2v_a14b.json", "wan22_ti2v_5b.json"}
+
+# Native ComfyUI nodes the workflows use, with their widget count (ComfyUI 0.3.64).
+NATIVE_WIDGETS = {"CreateVideo": 1, "SaveVideo": 3, "LoadImage": 2}
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+OFFICIAL_FILES = {
+    "wan22_t2v_a14b.json": {"wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
+                            "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan_2.1_vae.safetensors"},
+    "wan22_i2v_a14b.json": {"wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors",
+                            "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan_2.1_vae.safetensors"},
+    "wan22_ti2v_5b.json": {"wan2.2_ti2v_5B_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan2.2_vae.safetensors"},
+}
+VARIANT = {"wan22_t2v_a14b.json": "t2v_a14b", "wan22_i2v_a14b.json": "i2v_a14b", "wan22_ti2v_5b.json": "ti2v_5b"}
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("wanmeter_make_workflows", ROOT / "tools" / "make_workflows.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def pack(tool):
+    saved = {k: sys.modules.get(k) for k in ("folder_paths", "comfy", "comfy.model_management", "comfy.utils", "server")}
+    p = tool.load_pack()
+    yield p
+    for k, v in saved.items():
+        if v is None:
+            sys.modules.pop(k, None)
+        else:
+            sys.modules[k] = v
+
+
+def _widget_count(spec: dict) -> int:
+    n = 0
+    for section in ("required", "optional"):
+        for name, entry in spec.get(section, {}).items():
+            if isinstance(entry[0], list) or entry[0] in WIDGET_TYPES:
+                n += 2 if name in ("seed", "noise_seed") or entry[1].get("control_after_generate") else 1
+    return n
+
+
+def test_our_workflows_exist():
+    assert OURS <= {p.name for p in WORKFLOWS}
+    for p in WORKFLOWS:
+        assert p.with_suffix(".jpg").is_file(), f"{p.name} has no thumbnail"
+        assert p.with_suffix(".jpg").read_bytes()[:3] == b"\xff\xd8\xff"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_structure_types_widgets_links(path, pack):
+    wf = json.loads(path.read_text(encoding="utf-8"))
+    assert wf["version"] == 0.4
+    assert "nodes" in wf and "links" in wf and "groups" in wf
+    ids = [n["id"] for n in wf["nodes"]]
+    assert len(set(ids)) == len(ids) and wf["last_node_id"] >= max(ids)
+    assert wf["last_link_id"] >= max((l[0] for l in wf["links"]), default=0)
+    by_id = {n["id"]: n for n in wf["nodes"]}
+    ours = pack.NODE_CLASS_MAPPINGS
+    for n in wf["nodes"]:
+        t = n["type"]
+        assert t in ours or t in NATIVE_WIDGETS or t in FRONTEND_ONLY, f"unknown node type {t}"
+        if t in ours:
+            spec = ours[t].INPUT_TYPES()
+            assert len(n["widgets_values"]) == _widget_count(spec), t
+            # sockets: every non-widget input appears once, in order
+            sockets = [name for sec in ("required", "optional") for name, e in spec.get(sec, {}).items()
+                       if not (isinstance(e[0], list) or e[0] in WIDGET_TYPES)]
+            assert [i["name"] for i in n["inputs"]] == sockets, t
+            assert [o["type"] for o in n["outputs"]] == list(ours[t].RETURN_TYPES), t
+            _check_values(t, spec, n["widgets_values"])
+        elif t in NATIVE_WIDGETS:
+            assert len(n["widgets_values"]) == NATIVE_WIDGETS[t], t
+    seen = set()
+    for lid, src, si, dst, di, typ in wf["links"]:
+        assert lid not in seen
+        seen.add(lid)
+        out, inp = by_id[src]["outputs"][si], by_id[dst]["inputs"][di]
+        assert lid in (out["links"] or []) and inp["link"] == lid
+        assert out["type"] == typ == inp["type"], (lid, out["type"], typ, inp["type"])
+    for n in wf["nodes"]:
+        for i in n.get("inputs", []):
+            assert i["link"] is None or i["link"] in seen
+            if n["type"] in ours and n["mode"] == 0 and i.get("shape") != 7:
+                assert i["link"] is not None, f"{n['type']}.{i['name']} (required) is not connected"
+        for o in n.get("outputs", []):
+            for lid in o["links"] or []:
+                assert lid in seen
+
+
+def _check_values(t: str, spec: dict, values: list) -> None:
+    it = iter(values)
+    for section in ("required", "optional"):
+        for name, entry in spec.get(section, {}).items():
+            typ, opts = entry[0], entry[1]
+            if not (isinstance(typ, list) or typ in WIDGET_TYPES):
+                continue
+            v = next(it)
+            if name in ("seed", "noise_seed"):
+                assert next(it) in ("fixed", "increment", "decrement", "randomize")
+            if isinstance(typ, list):
+                if name not in ("model", "model_low_noise", "text_encoder", "vae"):  # file lists are machine-specific
+                    assert v in typ, f"{t}.{name}={v!r} not in {typ}"
+            elif typ in ("INT", "FLOAT"):
+                assert opts.get("min", -1e30) <= v <= opts.get("max", 1e30), f"{t}.{name}={v}"
+                if typ == "INT":
+                    assert isinstance(v, int)
+            elif typ == "BOOLEAN":
+                assert isinstance(v, bool)
+            elif typ == "STRING":
+                assert isinstance(v, str)
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_official_files_and_defaults(name, pack):
+    from wanmeter.variants import variant
+
+    wf = json.loads((WF / name).read_text(encoding="utf-8"))
+    strings = {v for n in wf["nodes"] for v in n["widgets_values"] if isinstance(v, str)}
+    assert OFFICIAL_FILES[name] <= strings
+    f = variant(VARIANT[name])
+    s = next(n for n in wf["nodes"] if n["type"] == "WanMeterSampler")["widgets_values"]
+    assert [s[0], s[1]] in [list(x) for x in f["sizes"]]
+    assert s[2] == f["default_frames"] and s[3] == f["default_steps"] and s[6] == f["default_shift"]
+    assert s[4] == f["default_cfg"][0]
+    fps = next(n for n in wf["nodes"] if n["type"] == "CreateVideo")["widgets_values"][0]
+    assert fps == f["fps"]
+    types = {n["type"] for n in wf["nodes"]}
+    assert {"WanMeterEstimator", "WanMeterModelLoader", "WanMeterSampler", "CreateVideo", "SaveVideo"} <= types
+    if name != "wan22_t2v_a14b.json":
+        assert "LoadImage" in types
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_in_sync_with_generator(name, tool, pack):
+    key = VARIANT[name]
+    built = json.loads(json.dumps(tool.build(pack, key)))
+    assert built == json.loads((WF / name).read_text(encoding="utf-8")), \
+        "workflow is stale: run python tools/make_workflows.py"
+
+
+def test_native_types_exist_in_comfyui():
+    comfy = os.environ.get("WANMETER_COMFYUI")
+    if not comfy or not (Path(comfy) / "nodes.py").is_file():
+        pytest.skip("set WANMETER_COMFYUI to a ComfyUI checkout to check the native node types")
+    text = (Path(comfy) / "nodes.py").read_text(encoding="utf-8")
+    extras = "\n".join(p.read_text(encoding="utf-8") for p in (Path(comfy) / "comfy_extras").glob("*.py"))
+    for t in NATIVE_WIDGETS:
+        assert re.search(rf'"{t}"\s*:\s*{t}\b', text) or re.search(rf'node_id="{t}"', extras), t

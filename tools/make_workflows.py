@@ -1,0 +1,292 @@
+"""Write workflows/*.json (ComfyUI UI format) and their .jpg thumbnails from the nodes' INPUT_TYPES.
+
+Why a script: widgets_values are positional, so hand-edited workflows drift when a node gains a
+widget. Regenerate after changing a node's inputs:  python tools/make_workflows.py
+The pack is imported with the stand-in ComfyUI modules of tests/comfy_stubs.py (no ComfyUI needed).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "workflows"
+
+# Native nodes used by the workflows: their widgets / sockets as in ComfyUI 0.3.64
+# (comfy_extras/nodes_video.py CreateVideo/SaveVideo, nodes.py LoadImage).
+NATIVE: dict[str, dict[str, Any]] = {
+    "CreateVideo": {"inputs": [("images", "IMAGE", False), ("audio", "AUDIO", True)], "widgets": ["fps"],
+                    "outputs": [("VIDEO", "VIDEO")]},
+    "SaveVideo": {"inputs": [("video", "VIDEO", False)], "widgets": ["filename_prefix", "format", "codec"],
+                  "outputs": []},
+    "LoadImage": {"inputs": [], "widgets": ["image", "upload"], "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")]},
+}
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+PROMPTS = {
+    "t2v_a14b": "A red fox trots through fresh snow in a birch forest at sunrise, its breath visible in the cold air. "
+                "Low tracking shot at the fox's eye level, soft golden light through the trees, shallow depth of field.",
+    "i2v_a14b": "The subject in the picture slowly turns toward the camera and smiles; a light breeze moves the hair. "
+                "The camera pushes in gently. Natural light, realistic motion.",
+    "ti2v_5b": "A street musician plays an acoustic guitar in a subway station, commuters walking past in soft focus, "
+               "warm tungsten light, handheld camera with gentle sway.",
+}
+
+SPECS = {
+    "t2v_a14b": {
+        "file": "wan22_t2v_a14b", "title": "Wan2.2 T2V-A14B (WanMeter)",
+        "model": "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
+        "model_low": "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
+        "weight_dtype": "fp8_e4m3fn", "vae": "wan_2.1_vae.safetensors", "image": None,
+    },
+    "i2v_a14b": {
+        "file": "wan22_i2v_a14b", "title": "Wan2.2 I2V-A14B (WanMeter)",
+        "model": "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
+        "model_low": "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors",
+        "weight_dtype": "fp8_e4m3fn", "vae": "wan_2.1_vae.safetensors", "image": "required",
+    },
+    "ti2v_5b": {
+        "file": "wan22_ti2v_5b", "title": "Wan2.2 TI2V-5B (WanMeter)",
+        "model": "wan2.2_ti2v_5B_fp16.safetensors", "model_low": "none",
+        "weight_dtype": "bf16", "vae": "wan2.2_vae.safetensors", "image": "optional",
+    },
+}
+TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+
+
+def load_pack():
+    """Import the pack with stub ComfyUI modules (empty model folders: combos are not checked)."""
+    spec = importlib.util.spec_from_file_location("wanmeter_comfy_stubs", ROOT / "tests" / "comfy_stubs.py")
+    stubs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stubs)
+    tmp = Path(tempfile.mkdtemp(prefix="wanmeter_wf_"))
+    for name, mod in stubs.make_stubs(tmp).items():
+        sys.modules.setdefault(name, mod)
+    return stubs.import_pack()
+
+
+def node_layout(cls) -> tuple[list[tuple[str, str, bool]], list[str], list[tuple[str, str]]]:
+    """(sockets [(name, type, optional)], widget names in widgets_values order, outputs [(name, type)])."""
+    spec = cls.INPUT_TYPES()
+    sockets, widgets = [], []
+    for section in ("required", "optional"):
+        for name, entry in spec.get(section, {}).items():
+            typ, opts = entry[0], (entry[1] if len(entry) > 1 else {})
+            is_widget = isinstance(typ, list) or typ in WIDGET_TYPES
+            if is_widget and not opts.get("forceInput"):
+                widgets.append(name)
+                if opts.get("control_after_generate") or name in ("seed", "noise_seed"):
+                    widgets.append(f"{name}:control_after_generate")
+            else:
+                sockets.append((name, typ, section == "optional"))
+    names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+    return sockets, widgets, list(zip(names, cls.RETURN_TYPES))
+
+
+class Builder:
+    def __init__(self, pack) -> None:
+        self.pack = pack
+        self.nodes: list[dict[str, Any]] = []
+        self.links: list[list[Any]] = []
+        self.groups: list[dict[str, Any]] = []
+
+    def layout(self, type_: str):
+        if type_ in NATIVE:
+            n = NATIVE[type_]
+            return n["inputs"], n["widgets"], n["outputs"]
+        return node_layout(self.pack.NODE_CLASS_MAPPINGS[type_])
+
+    def add(self, type_: str, values: dict[str, Any], pos, size, *, title: str | None = None, mode: int = 0) -> int:
+        nid = len(self.nodes) + 1
+        if type_ in FRONTEND_ONLY:
+            node = {"id": nid, "type": type_, "pos": list(pos), "size": list(size), "flags": {}, "order": nid - 1,
+                    "mode": mode, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [values["text"]],
+                    "color": "#432", "bgcolor": "#653"}
+        else:
+            sockets, widgets, outputs = self.layout(type_)
+            missing = [w for w in widgets if w not in values]
+            if missing:
+                raise KeyError(f"{type_}: no value for widgets {missing}")
+            node = {
+                "id": nid, "type": type_, "pos": list(pos), "size": list(size), "flags": {}, "order": nid - 1,
+                "mode": mode,
+                "inputs": [{"name": n, "type": t, "link": None, **({"shape": 7} if opt else {})} for n, t, opt in sockets],
+                "outputs": [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outputs)],
+                "properties": {"Node name for S&R": type_,
+                               **({"cnr_id": "comfy-core"} if type_ in NATIVE else {"cnr_id": "comfyui-wanmeter"})},
+                "widgets_values": [values[w] for w in widgets],
+            }
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return nid
+
+    def link(self, src: int, out_name: str, dst: int, in_name: str) -> int:
+        s, d = self.nodes[src - 1], self.nodes[dst - 1]
+        oi = next(i for i, o in enumerate(s["outputs"]) if o["name"] == out_name)
+        ii = next(i for i, x in enumerate(d["inputs"]) if x["name"] == in_name)
+        lid = len(self.links) + 1
+        typ = s["outputs"][oi]["type"]
+        self.links.append([lid, src, oi, dst, ii, typ])
+        s["outputs"][oi]["links"].append(lid)
+        d["inputs"][ii]["link"] = lid
+        return lid
+
+    def group(self, title: str, bounding, color: str) -> None:
+        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": list(bounding), "color": color,
+                            "font_size": 24, "flags": {}})
+
+    def workflow(self, key: str) -> dict[str, Any]:
+        for n in self.nodes:
+            if "outputs" in n:
+                for o in n["outputs"]:
+                    if not o["links"]:
+                        o["links"] = None
+        return {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"wanmeter/{key}")), "revision": 0,
+            "last_node_id": len(self.nodes), "last_link_id": len(self.links),
+            "nodes": self.nodes, "links": self.links, "groups": self.groups, "config": {},
+            "extra": {"ds": {"scale": 0.75, "offset": [40, 60]}, "frontendVersion": "1.27.10"},
+            "version": 0.4,
+        }
+
+
+def build(pack, key: str) -> dict[str, Any]:
+    from wanmeter.variants import variant as facts
+
+    v, sp = facts(key), SPECS[key]
+    w, h = v["sizes"][0]
+    cfg = list(v["default_cfg"]) + list(v["default_cfg"])[:1]
+    b = Builder(pack)
+    loader = b.add("WanMeterModelLoader", {
+        "model": sp["model"], "weight_dtype": sp["weight_dtype"], "compute_dtype": "bf16", "offload": "auto",
+        "blocks_to_stream": 0, "attention": "auto", "model_low_noise": sp["model_low"]}, (0, 0), (380, 230))
+    te = b.add("WanMeterTextEncoderLoader", {"text_encoder": TEXT_ENCODER, "device": "gpu", "dtype": "bf16"},
+               (0, 270), (380, 110))
+    vae = b.add("WanMeterVAELoader", {"vae": sp["vae"], "tiled": False, "dtype": "bf16"}, (0, 420), (380, 110))
+    from_text = pack.nodes.text.OFFICIAL_NEGATIVE_PROMPT
+    enc = b.add("WanMeterTextEncode", {"positive": PROMPTS[key], "negative": from_text}, (430, 0), (420, 380))
+    img = None
+    if sp["image"]:
+        img = b.add("LoadImage", {"image": "example.png", "upload": "image"}, (430, 420), (320, 320),
+                    mode=0 if sp["image"] == "required" else 4)
+    sampler = b.add("WanMeterSampler", {
+        "width": w, "height": h, "frames": v["default_frames"], "steps": v["default_steps"],
+        "cfg_high": float(cfg[0]), "cfg_low": float(cfg[1]), "shift": float(v["default_shift"]), "seed": 42,
+        "seed:control_after_generate": "fixed", "batch_size": 1, "scheduler": "unipc", "boundary": 0.0,
+        "denoise": 1.0}, (900, 0), (340, 480))
+    dec = b.add("WanMeterVAEDecode", {"tiled": "auto"}, (1290, 0), (300, 100))
+    cv = b.add("CreateVideo", {"fps": float(v["fps"])}, (1290, 140), (300, 80))
+    sv = b.add("SaveVideo", {"filename_prefix": f"video/WanMeter_{key}", "format": "auto", "codec": "auto"},
+               (1290, 260), (300, 360))
+    est = b.add("WanMeterEstimator", {"gpu": "auto", "price_per_hour": 0.0, "videos_per_month": 100,
+                                      "budget_gb": 0.0}, (1640, 0), (440, 520))
+    note = ("Models (ComfyUI folders):\n"
+            f"- diffusion_models: {sp['model']}" + (f", {sp['model_low']}" if sp["model_low"] != "none" else "") + "\n"
+            f"- text_encoders: {TEXT_ENCODER}\n- vae: {sp['vae']}\n\n"
+            "The WanMeter Estimator shows peak VRAM, time and cost for these settings before you queue; "
+            "change the GPU there to compare. Official defaults: "
+            f"{w}x{h}, {v['default_frames']} frames, {v['default_steps']} steps, shift {v['default_shift']}.")
+    if sp["image"] == "optional":
+        note += "\n\nImage-to-video: un-bypass Load Image (Ctrl+B) to use it as the first frame."
+    b.add("Note", {"text": note}, (0, 570), (380, 260))
+
+    b.link(loader, "model", sampler, "model")
+    b.link(te, "text_encoder", enc, "text_encoder")
+    b.link(enc, "positive", sampler, "positive")
+    b.link(enc, "negative", sampler, "negative")
+    if img is not None:
+        b.link(img, "IMAGE", sampler, "start_image")
+        b.link(vae, "vae", sampler, "vae")
+    b.link(sampler, "LATENT", dec, "samples")
+    b.link(vae, "vae", dec, "vae")
+    b.link(dec, "IMAGE", cv, "images")
+    b.link(cv, "VIDEO", sv, "video")
+
+    b.group("1. Load models", (-20, -40, 420, 590), "#3f789e")
+    b.group("2. Prompt" + (" and first frame" if img else ""), (410, -40, 460, 800), "#a1309b")
+    b.group("3. Sample and save", (880, -40, 730, 700), "#b06634")
+    b.group("Estimate: VRAM / time / cost", (1620, -40, 480, 580), "#8A8")
+    return b.workflow(key)
+
+
+def thumbnail(key: str, wf: dict[str, Any], dest: Path) -> None:
+    """A 512x512 card: variant, settings and (when the estimator is available) H100 / RTX 4090 estimates."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from wanmeter.variants import variant as facts
+
+    v = facts(key)
+    sampler = next(n for n in wf["nodes"] if n["type"] == "WanMeterSampler")
+    wv = sampler["widgets_values"]
+    img = Image.new("RGB", (512, 512), (24, 28, 38))
+    d = ImageDraw.Draw(img)
+    try:
+        big = ImageFont.truetype("DejaVuSans-Bold.ttf", 40)
+        mid = ImageFont.truetype("DejaVuSans.ttf", 22)
+        small = ImageFont.truetype("DejaVuSans.ttf", 18)
+    except OSError:
+        big = mid = small = ImageFont.load_default()
+    d.rectangle((0, 0, 512, 8), fill=(90, 170, 120))
+    d.text((28, 36), "Wan2.2", font=mid, fill=(170, 180, 200))
+    d.text((28, 66), v["label"], font=big, fill=(240, 240, 245))
+    lines = [f"{wv[0]}x{wv[1]}, {wv[2]} frames @ {v['fps']} fps", f"{wv[3]} steps, shift {wv[6]:g}, "
+             + (f"CFG {wv[4]:g}/{wv[5]:g}" if v["experts"] == 2 else f"CFG {wv[4]:g}")]
+    y = 140
+    for line in lines:
+        d.text((28, y), line, font=mid, fill=(210, 215, 225))
+        y += 34
+    y += 16
+    d.text((28, y), "WanMeter estimate", font=mid, fill=(90, 200, 130))
+    y += 34
+    for line in estimate_lines(wf):
+        d.text((28, y), line, font=small, fill=(220, 225, 230))
+        y += 28
+    d.text((28, 470), "VRAM, time and cost before you queue", font=small, fill=(140, 150, 170))
+    img.save(dest, "JPEG", quality=88)
+
+
+def estimate_lines(wf: dict[str, Any]) -> list[str]:
+    """Per-GPU estimate lines from the estimator (none if it is not available yet)."""
+    try:
+        pack = sys.modules["wanmeter_pack"]
+        ea = pack.nodes.estimate_adapter
+        prompt = {str(n["id"]): {"class_type": n["type"], "inputs": dict(zip(
+            node_layout(pack.NODE_CLASS_MAPPINGS[n["type"]])[1], n["widgets_values"]))}
+            for n in wf["nodes"] if n["type"] in pack.NODE_CLASS_MAPPINGS}
+        s = ea.settings_from_prompt(prompt)
+        from wanmeter.variants import variant as facts  # noqa: F401
+
+        s["variant"] = pack.nodes.routes.guess_variant_from_name(s["model"])
+        out = []
+        for gpu in ("H100 SXM", "RTX 4090"):
+            body = ea.run_estimate({**s, "gpu": gpu}, None)
+            fit = "" if body["fits"] else " (offload)"
+            out.append(f"{gpu}: {body['peak_vram_gb']:.0f} GB{fit}, {body['seconds_per_video'] / 60:.0f} min, "
+                       f"${body['cost_per_video']:.2f}")
+        return out
+    except Exception as e:  # the estimator is written separately; the card works without it
+        print(f"  (no estimate on the thumbnail: {type(e).__name__}: {e})")
+        return ["(estimate shown live in ComfyUI)"]
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    pack = load_pack()
+    OUT.mkdir(exist_ok=True)
+    for key, sp in SPECS.items():
+        wf = build(pack, key)
+        path = OUT / f"{sp['file']}.json"
+        path.write_text(json.dumps(wf, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        thumbnail(key, wf, path.with_suffix(".jpg"))
+        print(f"wrote {path.relative_to(ROOT)} (+ .jpg)")
+
+
+if __name__ == "__main__":
+    main()
