@@ -17,7 +17,11 @@ from .workload import Plan, Workload
 
 def matmul_rate(gpu: GpuSpec, cal: Calibration) -> float:
     """FLOP/s of the DiT's bf16 linears on this GPU."""
-    base = gpu.achieved_bf16_tflops or gpu.bf16_tflops * float(cal.v("matmul.default_fraction_of_datasheet"))
+    frac = cal.v("matmul.default_fraction_of_datasheet")
+    by_arch = cal.data.get("matmul", {}).get("default_fraction_by_arch", {})
+    if gpu.arch in by_arch:
+        frac = by_arch[gpu.arch]["value"]
+    base = gpu.achieved_bf16_tflops or gpu.bf16_tflops * float(frac)
     return min(base * float(cal.v("matmul.in_model_fraction_of_achieved")), gpu.peak_bf16_tflops) * 1e12
 
 
@@ -136,7 +140,7 @@ def phase_times(s: Sizes, w: Workload, p: Plan, gpu: GpuSpec, cal: Calibration) 
         transfers += s.te_bytes / pageable
     if p.offload == "model":
         transfers += s.experts * s.expert_bytes / pageable
-    elif p.offload == "blocks" and s.experts > 1:
+    elif p.offload == "blocks":  # the resident part leaves the GPU for text encoding / decode, like "model"
         transfers += s.experts * (s.expert_bytes - min(p.blocks_to_stream, s.shape.num_layers) * s.block_bytes) / pageable
     # Denoising.
     parts = {k: 0.0 for k in ("linear", "attention", "elementwise", "weight_cast", "streaming", "communication", "step_overhead")}

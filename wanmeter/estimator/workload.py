@@ -54,6 +54,7 @@ class Workload:
     batch: int = 1
     shift: float | None = None
     high_noise_steps: int | None = None
+    boundary: float | None = None
     loras: int = 0
     lora_rank: int = 64
     s2v_clips: int = 1
@@ -82,6 +83,8 @@ class Workload:
         object.__setattr__(self, "cfg", cfg)
         if self.high_noise_steps is not None and not 0 <= int(self.high_noise_steps) <= self.steps:
             raise WanMeterError(f"high_noise_steps={self.high_noise_steps} must be between 0 and steps={self.steps}.")
+        if self.boundary is not None and not 0 <= float(self.boundary) <= 1:
+            raise WanMeterError(f"boundary={self.boundary} must be between 0 and 1 (0 = the variant's default).")
         if self.shift is not None and not 0 < float(self.shift) <= 100:
             raise WanMeterError(f"shift={self.shift} must be in (0, 100].")
 
@@ -99,7 +102,7 @@ class Workload:
             high = int(self.high_noise_steps)
         else:
             s = float(self.shift if self.shift is not None else f["default_shift"])
-            b = float(f["boundary"])
+            b = float(self.boundary if self.boundary else f["boundary"])
             high = 0
             for i in range(self.steps):
                 x = 1.0 - i / self.steps

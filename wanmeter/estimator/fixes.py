@@ -1,0 +1,170 @@
+"""When a plan does not fit: the cheapest (in time) changes that make it fit; and the GPU ranking.
+
+Candidates are combinations of the standard memory savers (fp8 weights, model offload,
+streaming the fewest blocks that fit, text encoder on CPU, tiled decode); each is estimated
+(microseconds, pure arithmetic) and the fitting ones are sorted by time per video. A lower
+resolution changes the video, so it is offered only when nothing else fits.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from .calibration import Calibration, load_calibration
+from .estimate import Estimate, Prices, estimate
+from .gpus import GpuSpec, load_gpus
+from .workload import Plan, Workload
+
+
+@dataclass
+class Fix:
+    changes: list[str]
+    estimate: Estimate
+
+    @property
+    def plan(self) -> Plan:
+        return self.estimate.plan
+
+
+def _smallest_blocks(w: Workload, plan: Plan, gpu: GpuSpec, cal: Calibration, **kw) -> Estimate | None:
+    """Stream the fewest blocks that fit (fit is monotone in N: binary search)."""
+    from .flops import DiTShape
+
+    layers = DiTShape.of_variant(w.variant).num_layers
+    top = estimate(w, plan.with_(offload="blocks", blocks_to_stream=layers), gpu, cal=cal, **kw)
+    if not top.fits:
+        return None
+    lo, hi = 1, layers
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if estimate(w, plan.with_(offload="blocks", blocks_to_stream=mid), gpu, cal=cal, **kw).fits:
+            hi = mid
+        else:
+            lo = mid + 1
+    return estimate(w, plan.with_(offload="blocks", blocks_to_stream=lo), gpu, cal=cal, **kw)
+
+
+def lower_resolution(w: Workload) -> Workload | None:
+    """The next smaller official size of the same orientation, else 3/4 of each side."""
+    area = w.width * w.height
+    same = [(a, b) for a, b in w.facts["sizes"] if a * b < area and (a >= b) == (w.width >= w.height)]
+    if same:
+        a, b = max(same, key=lambda s: s[0] * s[1])
+        return w.with_(width=a, height=b)
+    m = int(w.facts["size_multiple"])
+    nw, nh = w.width * 3 // 4 // m * m, w.height * 3 // 4 // m * m
+    return w.with_(width=nw, height=nh) if nw >= 64 and nh >= 64 else None
+
+
+def _candidates(w: Workload, plan: Plan, gpu: GpuSpec, cal: Calibration, **kw) -> list[Fix]:
+    weights = [plan.weight_dtype]
+    if plan.weight_dtype in ("bf16", "fp16", "fp32"):
+        weights.append("fp8_e4m3fn")
+    te = [plan.text_encoder_device] + (["cpu"] if plan.text_encoder_device == "gpu" else [])
+    tiled = [plan.vae_tiled] + ([True] if not plan.vae_tiled else [])
+    offloads = ["current", "model", "blocks"]
+    out: list[Fix] = []
+    for wd, td, vt, off in itertools.product(weights, te, tiled, offloads):
+        p = plan.with_(weight_dtype=wd, text_encoder_device=td, vae_tiled=vt)
+        changes = []
+        if wd != plan.weight_dtype:
+            changes.append(f"weights {wd}")
+        if td != plan.text_encoder_device:
+            changes.append("text encoder on CPU")
+        if vt != plan.vae_tiled:
+            changes.append("tiled VAE decode")
+        if off == "model" and plan.offload == "none":
+            p = p.with_(offload="model", blocks_to_stream=0)
+            changes.append("offload: model")
+        elif off == "blocks":
+            e = _smallest_blocks(w, p, gpu, cal, **kw)
+            if e is None:
+                continue
+            if (e.plan.offload, e.plan.blocks_to_stream) != (plan.offload, plan.blocks_to_stream):
+                changes.append(f"stream {e.plan.blocks_to_stream} blocks")
+            if changes:
+                out.append(Fix(changes, e))
+            continue
+        elif off != "current":
+            continue
+        if not changes:
+            continue
+        e = estimate(w, p, gpu, cal=cal, **kw)
+        if e.fits:
+            out.append(Fix(changes, e))
+    return out
+
+
+def suggest_fixes(workload: Workload, plan: Plan, gpu: GpuSpec, prices: Prices | float | dict | None = None, *,
+                  limit: int = 5, cal: Calibration | None = None, videos_per_month: int | None = None) -> list[Fix]:
+    """Changes that make the plan fit, fastest first ([] if it already fits or nothing helps).
+    A lower resolution is tried last, only when no plan change fits."""
+    cal = cal or load_calibration()
+    kw = {"prices": prices}
+    if videos_per_month is not None:
+        kw["videos_per_month"] = videos_per_month
+    if estimate(workload, plan, gpu, cal=cal, **kw).fits:
+        return []
+    fixes = _candidates(workload, plan, gpu, cal, **kw)
+    if not fixes:
+        smaller = lower_resolution(workload)
+        tried = 0
+        while smaller is not None and not fixes and tried < 3:
+            e = estimate(smaller, plan, gpu, cal=cal, **kw)
+            res = f"resolution {smaller.width}x{smaller.height}"
+            fixes = [Fix([res], e)] if e.fits else [Fix([res] + f.changes, f.estimate)
+                                                    for f in _candidates(smaller, plan, gpu, cal, **kw)]
+            smaller = lower_resolution(smaller)
+            tried += 1
+    fixes.sort(key=lambda f: (f.estimate.per_video_s, len(f.changes)))
+    seen, uniq = set(), []
+    for f in fixes:
+        key = tuple(f.changes)
+        if key not in seen:
+            seen.add(key)
+            uniq.append(f)
+    return uniq[:limit]
+
+
+@dataclass
+class Ranked:
+    gpu: GpuSpec
+    estimate: Estimate          # of the given plan, or of the auto plan that makes it fit
+    fits: bool                  # False: nothing in suggest_fixes (short of lowering the resolution) fits
+    changes: list[str]          # what the auto plan changed ([] = the given plan fits)
+
+    @property
+    def cost_per_video(self) -> float | None:
+        return self.estimate.cost_per_video
+
+
+def rank_gpus(workload: Workload, plan: Plan, *, gpus: dict[str, GpuSpec] | None = None,
+              prices: dict[str, Prices | float | dict] | None = None, cal: Calibration | None = None,
+              videos_per_month: int | None = None) -> list[Ranked]:
+    """Every GPU in the table: time, cost per video and fit (with the fastest fitting plan when the
+    given one does not fit), ranked by cost per video; unpriced GPUs by time after them; GPUs on
+    which nothing fits last."""
+    cal = cal or load_calibration()
+    gpus = gpus if gpus is not None else load_gpus()
+    prices = prices or {}
+    out: list[Ranked] = []
+    for key, g in gpus.items():
+        kw = {"prices": prices.get(key)}
+        if videos_per_month is not None:
+            kw["videos_per_month"] = videos_per_month
+        e = estimate(workload, plan, g, cal=cal, **kw)
+        if e.fits:
+            out.append(Ranked(g, e, True, []))
+            continue
+        fixes = [f for f in suggest_fixes(workload, plan, g, cal=cal, **kw) if not f.changes[0].startswith("resolution")]
+        if fixes:
+            out.append(Ranked(g, fixes[0].estimate, True, fixes[0].changes))
+        else:
+            out.append(Ranked(g, e, False, []))
+
+    def order(r: Ranked):
+        c = r.cost_per_video
+        return (not r.fits, c is None, c if c is not None else 0.0, r.estimate.per_video_s)
+
+    out.sort(key=order)
+    return out
