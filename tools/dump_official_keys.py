@@ -46,17 +46,22 @@ def _unavailable(*_a, **_k):
     raise RuntimeError("stubbed in tools/dump_official_keys.py: only module construction is supported")
 
 
-def _prepare_imports(ref: Path) -> None:
+def _missing(name: str) -> bool:
+    return name not in sys.modules and importlib.util.find_spec(name) is None
+
+
+def prepare_imports(ref: Path) -> None:
     """Make `wan.modules.model` etc. importable without running the package __init__ files
     (they pull in flash_attn, librosa, easydict and the whole pipeline stack)."""
-    sys.modules.pop("wan", None)
     for pkg, sub in (("wan", ""), ("wan.modules", "modules"), ("wan.modules.s2v", "modules/s2v"),
                      ("wan.distributed", "distributed"), ("wan.configs", "configs")):
+        if pkg in sys.modules:  # already importable (a real checkout on sys.path, or stubbed before)
+            continue
         m = _stub(pkg)
         m.__path__ = [str(ref / "wan" / sub) if sub else str(ref / "wan")]  # type: ignore[attr-defined]
-    if importlib.util.find_spec("einops") is None:
+    if _missing("einops"):
         _stub("einops", rearrange=_unavailable, repeat=_unavailable)
-    if importlib.util.find_spec("easydict") is None:
+    if _missing("easydict"):
         class EasyDict(dict):
             def __init__(self, *a, **k):
                 super().__init__(*a, **k)
@@ -78,7 +83,7 @@ def _layout(model: torch.nn.Module) -> dict[str, list[int]]:
 
 
 def build_layouts(ref: Path) -> dict[str, dict[str, list[int]]]:
-    _prepare_imports(ref)
+    prepare_imports(ref)
     model_mod = importlib.import_module("wan.modules.model")
     layouts: dict[str, dict[str, list[int]]] = {}
     for variant, (cfg_mod, cfg_name, fields) in CHECKPOINT_FIELDS.items():

@@ -85,29 +85,14 @@ def _starts(keys: list[str], *prefixes: str) -> bool:
 def describe_foreign(keys: Iterable[str]) -> str | None:
     """If the key set belongs to something other than a Wan DiT, say what and which loader to use.
 
-    Returns None when nothing is recognised. Order matters: LoRAs and text encoders also have
-    `blocks`-like keys, so they are checked before the model families.
+    Returns None when nothing is recognised. Order matters: LoRAs first (they carry the base
+    model's names), then diffusion-model families (full checkpoints also hold a VAE and text
+    encoders), then stand-alone encoders and VAEs.
     """
     ks = [k.removeprefix("model.diffusion_model.").removeprefix("diffusion_model.") for k in keys]
     if _any(ks, "lora_down", "lora_up", "lora_A.", "lora_B.", ".lora.", "lora_unet_"):
         return ("a LoRA, not a diffusion model. Load the Wan2.2 base model as the diffusion model "
                 "and apply this file with a LoRA loader")
-    if _any(ks, "spiece_model", "SelfAttention.q", "encoder.block.0.layer.0") or "shared.weight" in ks:
-        return ("a T5/umT5 text encoder, not a diffusion model. Load it with the text encoder loader "
-                "(wanmeter.loader.load_text_encoder / models/text_encoders)")
-    if _any(ks, "text_model.encoder.", "transformer.resblocks", "token_embedding"):
-        return ("a CLIP text encoder, not a Wan2.2 diffusion model. Wan2.2 uses umt5-xxl: load "
-                "umt5_xxl_*.safetensors with the text encoder loader")
-    if _any(ks, "wav2vec2.", "feature_extractor.conv_layers", "feature_projection."):
-        return ("a wav2vec2 audio encoder, not a diffusion model. S2V needs it as the audio encoder "
-                "(models/audio_encoders, the audio encoder loader)")
-    if _starts(ks, "visual.", "vision_model.", "log_scale"):
-        return ("a CLIP vision encoder. Wan2.2 does not use one (Wan2.1 I2V did); "
-                "use wan2.2_i2v_high/low_noise_14B files for image-to-video")
-    if _starts(ks, "encoder.downsamples", "decoder.upsamples", "encoder.conv1", "decoder.conv1",
-               "encoder.down_blocks", "decoder.up_blocks", "first_stage_model.", "quant_conv", "post_quant_conv"):
-        return ("a VAE, not a diffusion model. Load it with the VAE loader "
-                "(wanmeter.loader.load_vae / models/vae: wan_2.1_vae for A14B and S2V, wan2.2_vae for TI2V-5B)")
     if _any(ks, "input_blocks.", "conditioner.embedders", "label_emb."):
         return ("a Stable Diffusion / SDXL UNet checkpoint (input_blocks / conditioner keys), not Wan2.2. "
                 "Pick a Wan2.2 diffusion model file, e.g. wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors")
@@ -126,6 +111,22 @@ def describe_foreign(keys: Iterable[str]) -> str | None:
     if _starts(ks, "adaln_single.", "transformer_blocks.") and not _starts(ks, "blocks."):
         return ("a DiT of another family (LTX-Video / PixArt-like transformer_blocks keys), not Wan2.2. "
                 "Pick a Wan2.2 diffusion model file")
+    if _any(ks, "spiece_model", "SelfAttention.q", "encoder.block.0.layer.0") or "shared.weight" in ks:
+        return ("a T5/umT5 text encoder, not a diffusion model. Load it with the text encoder loader "
+                "(wanmeter.loader.load_text_encoder / models/text_encoders)")
+    if _any(ks, "text_model.encoder.", "transformer.resblocks", "token_embedding"):
+        return ("a CLIP text encoder, not a Wan2.2 diffusion model. Wan2.2 uses umt5-xxl: load "
+                "umt5_xxl_*.safetensors with the text encoder loader")
+    if _any(ks, "wav2vec2.", "feature_extractor.conv_layers", "feature_projection."):
+        return ("a wav2vec2 audio encoder, not a diffusion model. S2V needs it as the audio encoder "
+                "(models/audio_encoders, the audio encoder loader)")
+    if _starts(ks, "visual.", "vision_model.", "log_scale"):
+        return ("a CLIP vision encoder. Wan2.2 does not use one (Wan2.1 I2V did); "
+                "use wan2.2_i2v_high/low_noise_14B files for image-to-video")
+    if _starts(ks, "encoder.downsamples", "decoder.upsamples", "encoder.conv1", "decoder.conv1",
+               "encoder.down_blocks", "decoder.up_blocks", "first_stage_model.", "quant_conv", "post_quant_conv"):
+        return ("a VAE, not a diffusion model. Load it with the VAE loader "
+                "(wanmeter.loader.load_vae / models/vae: wan_2.1_vae for A14B and S2V, wan2.2_vae for TI2V-5B)")
     return None
 
 

@@ -188,7 +188,15 @@ def load_dit(path: str | os.PathLike | DiTInfo, *, weight_dtype: str | torch.dty
         if tuple(t.shape) != tuple(meta.shape):
             raise WanMeterError(f"{info.path.name}: tensor {official} has shape {list(t.shape)}, expected "
                                 f"{list(meta.shape)} for this config. The file is corrupt or mixed: download it again.")
-        _set_tensor(model, name, _cast(t, want).to(dev) if t.dtype != want else t.to(dev))
+        if t.dtype != want:
+            t = _cast(t, want).to(dev)
+        elif dev.type == "cpu":
+            # tensors read from a file can sit at unaligned addresses, which sends CPU matmuls down
+            # other kernels (results then differ in the last bit from a normally allocated model)
+            t = t.clone()
+        else:
+            t = t.to(dev)
+        _set_tensor(model, name, t)
         del t
     model.to(dev)  # the RoPE buffers
     model.eval()
