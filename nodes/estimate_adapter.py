@@ -2,16 +2,12 @@
 estimator's result -> the JSON reply the web extension renders (web/estimate_logic.js)."""
 from __future__ import annotations
 
-import json
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from ..wanmeter.errors import WanMeterError
 
 AUTO_GPU = "auto"
 FALLBACK_GPU = "H100 SXM"  # what "auto" means on a machine without a GPU
-GPU_TABLE = Path(__file__).resolve().parents[1] / "wanmeter" / "data" / "gpus.json"
 
 # Prompt (API format) -> settings: the same sources as WIDGET_SOURCES in web/estimate_logic.js.
 LOADER_KEYS = ("model", "model_low_noise", "weight_dtype", "offload", "blocks_to_stream", "attention")
@@ -26,53 +22,45 @@ DEFAULTS: dict[str, Any] = {
 
 # ---------------------------------------------------------------- GPU table
 
-@lru_cache(maxsize=1)
-def _table() -> dict[str, dict[str, Any]]:
-    with open(GPU_TABLE, encoding="utf-8") as f:
-        return json.load(f)["gpus"]
+def _gpus():
+    from ..wanmeter.estimator.gpus import load_gpus
+
+    return load_gpus()
 
 
 def gpu_rows() -> list[dict[str, Any]]:
     """GPU table rows for the combo and the /wanmeter/gpus route."""
-    return [{"key": k, "name": g["name"], "vram_gb": g.get("vram_gb"), "price_per_hour": g.get("on_demand_per_hour")}
-            for k, g in _table().items()]
+    return [{"key": k, "name": g.name, "vram_gb": g.vram_gb, "price_per_hour": g.on_demand_per_hour}
+            for k, g in _gpus().items()]
 
 
 def gpu_choices() -> list[str]:
-    return [AUTO_GPU] + [r["name"] for r in gpu_rows()]
+    try:
+        return [AUTO_GPU] + [r["name"] for r in gpu_rows()]
+    except Exception:  # a broken user GPU file must not hide the node
+        return [AUTO_GPU]
 
 
 def match_gpu(device_name: str | None) -> str | None:
-    """Table name for a torch.cuda device name (aliases in gpus.json), or None if unknown."""
+    """Table name for a torch.cuda device name (estimator's alias matching), or None if unknown."""
+    from ..wanmeter.estimator.gpus import detect_gpu_name
+
     if not device_name:
         return None
-    dn = device_name.strip().lower()
-    best = None
-    for g in _table().values():
-        names = [g["name"], *g.get("aliases", [])]
-        for n in names:
-            nl = n.lower()
-            if nl == dn:
-                return g["name"]
-            if nl in dn and (best is None or len(nl) > best[0]):
-                best = (len(nl), g["name"])
-    return best[1] if best else None
-
-
-def gpu_key(name: str) -> str:
-    for k, g in _table().items():
-        if name in (k, g["name"]):
-            return k
-    raise WanMeterError(f"Unknown GPU {name!r}. Pick one from the estimator's gpu list.")
+    gpus = _gpus()
+    key = detect_gpu_name(device_name, gpus)
+    return gpus[key].name if key else None
 
 
 def resolve_gpu(choice: str, local: dict[str, Any] | None) -> tuple[str, bool]:
     """(table name, is_local) for the gpu widget; 'auto' = the detected GPU or the fallback."""
+    from ..wanmeter.estimator.gpus import get_gpu
+
     detected = match_gpu(local["name"]) if local else None
     if choice in (AUTO_GPU, "", None):
         return (detected or FALLBACK_GPU), detected is not None
-    gpu_key(choice)  # validates
-    return choice, detected == choice
+    name = get_gpu(choice, _gpus()).name  # WanMeterError naming the known GPUs
+    return name, detected == name
 
 
 # ---------------------------------------------------------------- prompt -> settings
@@ -132,33 +120,113 @@ def _num(k: str) -> float:
 
 # ---------------------------------------------------------------- estimate
 
+# Node attention choices -> the estimator's kernel names.
+ATTENTION_TO_ESTIMATOR = {"auto": "sdpa", "sdpa": "sdpa", "sdpa_flash": "flash", "sdpa_cudnn": "cudnn",
+                          "sage": "sage", "flash": "flash"}
+
+
+def workload_and_plan(s: dict[str, Any]):
+    """(Workload, Plan) from the flat settings (the estimator's validate_settings /
+    workload_from_settings are used when present; this mapping is the fallback)."""
+    from ..wanmeter import estimator as est
+    from ..wanmeter.estimator.workload import Plan, Workload
+    from ..wanmeter.variants import variant as facts
+
+    if hasattr(est, "validate_settings"):
+        est.validate_settings(dict(s))
+    experts = int(facts(s["variant"])["experts"])
+    cfg = (float(s["cfg_high"]), float(s["cfg_low"])) if experts == 2 else (float(s["cfg_high"]),)
+    w = Workload(variant=s["variant"], width=_int(s, "width"), height=_int(s, "height"), frames=_int(s, "frames"),
+                 steps=_int(s, "steps"), cfg=cfg, batch=int(s.get("batch_size", 1) or 1))
+    budget = float(s.get("budget_gb") or 0)
+    offload = str(s.get("offload", "auto"))
+    blocks = _int(s, "blocks_to_stream") if offload == "blocks" else 0
+    p = Plan(weight_dtype=str(s["weight_dtype"]), compute="bf16", offload="none" if offload == "auto" else offload,
+             blocks_to_stream=blocks, attention=ATTENTION_TO_ESTIMATOR.get(str(s["attention"]), str(s["attention"])),
+             text_encoder_device=str(s.get("text_encoder_device", "gpu")), vae_tiled=bool(s.get("vae_tiled")),
+             num_gpus=_int(s, "num_gpus"), budget_gib=budget if budget > 0 else None)
+    if offload == "blocks" and blocks < 1:
+        raise WanMeterError("offload=blocks needs blocks_to_stream >= 1 in WanMeter Model Loader (or use offload=model).")
+    return w, p
+
+
+def _int(s: dict[str, Any], k: str) -> int:
+    v = s.get(k, DEFAULTS.get(k))
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+        raise WanMeterError(f"{k} must be a whole number, got {v!r}.")
+    return int(v)
+
+
+def plan_for(w, p, gpu, *, auto: bool, prices=None, videos_per_month=None):
+    """The estimate of plan p, or with auto offload the fastest plan that fits (and what changed)."""
+    from ..wanmeter.estimator.estimate import estimate
+    from ..wanmeter.estimator.fixes import suggest_fixes
+
+    kw = {"prices": prices}
+    if videos_per_month is not None:
+        kw["videos_per_month"] = videos_per_month
+    e = estimate(w, p, gpu, **kw)
+    if e.fits or not auto:
+        return e, []
+    offload_only = [f for f in suggest_fixes(w, p, gpu, **kw)
+                    if all(c.startswith(("stream", "offload")) for c in f.changes)]
+    if offload_only:
+        return offload_only[0].estimate, offload_only[0].changes
+    return e, []
+
+
 def run_estimate(settings: dict[str, Any], local: dict[str, Any] | None) -> dict[str, Any]:
-    """Validate settings with the estimator, estimate on the chosen GPU, rank the others."""
+    """The reply of POST /wanmeter/estimate (fields as web/estimate_logic.js reads them)."""
+    from ..wanmeter.estimator.fixes import rank_gpus, suggest_fixes
+    from ..wanmeter.estimator.gpus import get_gpu
     from ..wanmeter.variants import variant as facts
 
     s = dict(DEFAULTS)
     s.update(settings)
     gpu_name, is_local = resolve_gpu(str(s.get("gpu") or AUTO_GPU), local)
-    s["gpu"] = gpu_name
-    body = _engine_estimate(s)
+    gpu = get_gpu(gpu_name)
+    w, p = workload_and_plan(s)
+    price = float(s.get("price_per_hour") or 0)
+    prices = price if price > 0 else None
+    vpm = _int(s, "videos_per_month")
+    auto = s.get("offload") == "auto"
+    e, changes = plan_for(w, p, gpu, auto=auto, prices=prices, videos_per_month=vpm)
+    notes = list(e.notes)
+    if auto:
+        notes.insert(0, f"offload auto: {', '.join(changes) if changes else 'everything stays in VRAM'}")
+    suggestion = ""
+    if not e.fits:
+        fixes = suggest_fixes(w, e.plan, gpu, prices=prices, videos_per_month=vpm, limit=1)
+        if fixes:
+            suggestion = f"Try: {', '.join(fixes[0].changes)} ({_minutes(fixes[0].estimate.per_video_s)} per video)."
+    cheapest = []
+    for r in rank_gpus(w, e.plan if not auto else p, videos_per_month=vpm):
+        if r.fits and r.cost_per_video is not None:
+            cheapest.append({"name": r.gpu.name, "cost_per_video": r.cost_per_video,
+                             "seconds_per_video": r.estimate.per_video_s,
+                             "peak_vram_gib": r.estimate.vram_peak_gib, "changes": r.changes})
+        if len(cheapest) == 3:
+            break
+    month = e.monthly(vpm).get("on_demand")
     v = facts(s["variant"])
-    body.update(variant=s["variant"], label=v.get("label", s["variant"]), width=s["width"], height=s["height"],
-                frames=s["frames"], steps=s["steps"])
-    body.setdefault("notes", [])
-    if is_local and local is not None:
-        body["free_vram_gb"] = round(local["free_gb"] * 1.073741824, 2)
-        body["gpu"]["detected"] = True
-    else:
-        body["free_vram_gb"] = None
-    return body
+    return {
+        "variant": s["variant"], "label": v.get("label", s["variant"]), "width": w.width, "height": w.height,
+        "frames": w.frames, "steps": w.steps,
+        "gpu": {"name": gpu.name, "key": gpu.key, "vram_gb": gpu.vram_gb, "detected": bool(is_local)},
+        "plan": e.plan.describe(),
+        "peak_vram_gib": e.vram_peak_gib, "budget_gib": e.vram_limit_gib, "fits": bool(e.fits),
+        "free_vram_gib": (local["free_gib"] if is_local and local else None),
+        "ram_gib": e.ram_gib, "ram_fits": e.ram_fits,
+        "seconds_per_video": e.per_video_s, "first_video_seconds": e.first_video_s,
+        "seconds_per_step": e.denoise_s / max(w.steps, 1),
+        "cost_per_video": e.cost_per_video, "cost_per_month": month, "videos_per_month": vpm,
+        "price_per_hour": e.prices.on_demand,
+        "cheapest": cheapest, "suggestion": suggestion, "warnings": [], "notes": notes,
+    }
 
 
-def _engine_estimate(s: dict[str, Any]) -> dict[str, Any]:
-    """Call wanmeter.estimator and flatten its result (fields named as estimate_logic.js reads them)."""
-    from ..wanmeter import estimator as est
-
-    settings = est.validate_settings(s)
-    return est.estimate_reply(settings)  # placeholder until the estimator lands
+def _minutes(s: float) -> str:
+    return f"{s / 60:.0f} min" if s >= 90 else f"{s:.0f} s"
 
 
 def summary(body: dict[str, Any]) -> str:
@@ -166,6 +234,6 @@ def summary(body: dict[str, Any]) -> str:
     if body.get("error"):
         return f"WanMeter: cannot estimate: {body['error']}"
     fit = "fits" if body.get("fits") else "DOES NOT FIT"
-    return (f"{body.get('label')}: peak {body.get('peak_vram_gb', 0):.1f} GB of {body.get('budget_gb', 0):.0f} GB "
+    return (f"{body.get('label')}: peak {body.get('peak_vram_gib', 0):.1f} GiB of {body.get('budget_gib', 0):.1f} GiB "
             f"on {body.get('gpu', {}).get('name')} ({fit}), {body.get('seconds_per_video', 0):.0f} s and "
-            f"${body.get('cost_per_video', 0):.2f} per video")
+            f"${body.get('cost_per_video') or 0:.2f} per video")

@@ -82,7 +82,7 @@ def local_gpu() -> dict[str, Any] | None:
             return None
         total = torch.cuda.get_device_properties(dev).total_memory
         free = mm.get_free_memory(dev)
-        return {"name": torch.cuda.get_device_name(dev), "total_gb": total / 1024**3, "free_gb": free / 1024**3}
+        return {"name": torch.cuda.get_device_name(dev), "total_gib": total / 1024**3, "free_gib": free / 1024**3}
     except Exception as e:  # never break the estimate on a detection problem
         log.debug("wanmeter: GPU detection failed: %s", e)
         return None

@@ -238,3 +238,68 @@ def test_sampler_progress_interrupt_and_stats(pack, monkeypatch):
     with pytest.raises(pack.nodes.common.WanMeterError, match="vae input"):
         node.sample(object(), cond, cond, 64, 64, 9, 3, 4.0, 3.0, 12.0, 7, 1, "unipc", 0.0, 1.0,
                     start_image=torch.zeros(1, 64, 64, 3))
+
+
+def _settings(**kw):
+    s = {"model": "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
+         "model_low_noise": "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", "width": 1280, "height": 720,
+         "frames": 81, "steps": 40, "cfg_high": 4.0, "cfg_low": 3.0, "weight_dtype": "fp8_e4m3fn", "offload": "none",
+         "blocks_to_stream": 0, "attention": "auto", "text_encoder_device": "gpu", "vae_tiled": False,
+         "gpu": "RTX 4090", "price_per_hour": 0, "videos_per_month": 100, "budget_gb": 0, "num_gpus": 1}
+    s.update(kw)
+    return s
+
+
+def test_estimate_route_reply(pack):
+    routes = pack.nodes.routes
+    status, body = routes.estimate_reply(_settings())
+    assert status == 200, body
+    assert body["variant"] == "t2v_a14b" and body["label"] == "T2V-A14B"
+    assert any("not downloaded" in n for n in body["notes"])  # variant guessed from the official name
+    assert body["gpu"]["name"] == "RTX 4090" and body["free_vram_gib"] is None
+    assert body["fits"] is False and body["peak_vram_gib"] > body["budget_gib"]  # 14B fp8 + 720p on 24 GB
+    assert body["suggestion"].startswith("Try:")
+    assert len(body["cheapest"]) == 3
+    costs = [c["cost_per_video"] for c in body["cheapest"]]
+    assert costs == sorted(costs)
+    assert body["cost_per_month"] == pytest.approx(body["cost_per_video"] * 100, rel=1e-3)
+    assert body["seconds_per_step"] * 40 <= body["seconds_per_video"]
+
+    status, auto = routes.estimate_reply(_settings(offload="auto"))
+    assert status == 200 and auto["fits"] is True and auto["notes"][1].startswith("offload auto:")
+    status, priced = routes.estimate_reply(_settings(price_per_hour=2.0, videos_per_month=10))
+    assert priced["price_per_hour"] == 2.0
+    assert priced["cost_per_video"] == pytest.approx(priced["seconds_per_video"] / 3600 * 2.0, rel=1e-6)
+    status, budget = routes.estimate_reply(_settings(gpu="H100 SXM", budget_gb=12))
+    assert budget["budget_gib"] == 12 and budget["fits"] is False
+
+    status, body = routes.estimate_reply(_settings(frames=80))
+    assert status == 400 and "4k+1" in body["error"]
+    status, body = routes.estimate_reply(_settings(gpu="Voodoo 5"))
+    assert status == 400 and "Unknown GPU" in body["error"]
+    status, body = routes.estimate_reply(_settings(width="wide"))
+    assert status == 400 and "width" in body["error"]
+
+
+def test_estimate_reads_variant_from_the_file(pack, models_dir):
+    from wanmeter.tiny import ensure_tiny_models
+
+    p = ensure_tiny_models(names=["dit_ti2v"])["dit_ti2v"]
+    (models_dir / "diffusion_models" / "mystery.safetensors").symlink_to(p)
+    status, body = pack.nodes.routes.estimate_reply(_settings(model="mystery.safetensors", width=1280, height=704,
+                                                              frames=121, model_low_noise="none"))
+    assert status == 200, body
+    assert body["variant"] == "ti2v_5b" and not any("not downloaded" in n for n in body["notes"])
+
+
+def test_estimator_node_runs_from_the_prompt(pack):
+    node = pack.NODE_CLASS_MAPPINGS["WanMeterEstimator"]()
+    prompt = {"1": {"class_type": "WanMeterModelLoader", "inputs": {k: v for k, v in _settings().items() if k in (
+        "model", "model_low_noise", "weight_dtype", "offload", "blocks_to_stream", "attention")}},
+              "9": {"class_type": "WanMeterEstimator", "inputs": {}}}
+    out = node.run("L40S", 0.0, 100, 0.0, prompt=prompt, unique_id="9")
+    body = out["ui"]["wanmeter_estimate"][0]
+    assert body["gpu"]["name"] == "L40S" and "error" not in body
+    assert "L40S" in out["ui"]["text"][0]
+    out = node.run("auto", 0.0, 100, 0.0, prompt={}, unique_id="9")
+    assert "nothing to estimate" in out["ui"]["wanmeter_estimate"][0]["error"]

@@ -266,10 +266,10 @@ def estimate_lines(wf: dict[str, Any]) -> list[str]:
         s["variant"] = pack.nodes.routes.guess_variant_from_name(s["model"])
         out = []
         for gpu in ("H100 SXM", "RTX 4090"):
-            body = ea.run_estimate({**s, "gpu": gpu}, None)
-            fit = "" if body["fits"] else " (offload)"
-            out.append(f"{gpu}: {body['peak_vram_gb']:.0f} GB{fit}, {body['seconds_per_video'] / 60:.0f} min, "
-                       f"${body['cost_per_video']:.2f}")
+            body = ea.run_estimate({**s, "gpu": gpu, "offload": "auto"}, None)
+            fit = "" if body["fits"] else " (does not fit)"
+            out.append(f"{gpu}: {body['seconds_per_video'] / 60:.0f} min, ${body['cost_per_video']:.2f}/video, "
+                       f"{body['peak_vram_gib']:.0f} GiB{fit}")
         return out
     except Exception as e:  # the estimator is written separately; the card works without it
         print(f"  (no estimate on the thumbnail: {type(e).__name__}: {e})")

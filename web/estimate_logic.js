@@ -172,9 +172,13 @@ export function fmtMoney(x) {
   return `$${Math.round(x).toLocaleString("en-US")}`;
 }
 
-export function fmtGB(x) {
+export function fmtGB(x, unit = "GB") {
   if (x === null || x === undefined || !isFinite(x)) return "?";
-  return `${x < 10 ? x.toFixed(1) : Math.round(x)} GB`;
+  return `${x < 10 ? x.toFixed(1) : Math.round(x)} ${unit}`;
+}
+
+export function fmtGiB(x) {
+  return fmtGB(x, "GiB");
 }
 
 /** The multi-line text the estimator node shows for a /wanmeter/estimate reply. */
@@ -187,13 +191,17 @@ export function formatEstimate(r, measured = null) {
   lines.push(head.join(" · "));
   const g = r.gpu || {};
   lines.push(`GPU: ${g.name || "?"}${g.vram_gb ? ` (${fmtGB(g.vram_gb)})` : ""}`);
-  let vram = `Peak VRAM: ${fmtGB(r.peak_vram_gb)} of ${fmtGB(r.budget_gb)}`;
-  if (r.free_vram_gb !== null && r.free_vram_gb !== undefined) vram += ` (free now ${fmtGB(r.free_vram_gb)})`;
+  let vram = `Peak VRAM: ${fmtGiB(r.peak_vram_gib)} of ${fmtGiB(r.budget_gib)} usable`;
+  if (r.free_vram_gib !== null && r.free_vram_gib !== undefined) vram += ` (free now ${fmtGiB(r.free_vram_gib)})`;
   vram += r.fits ? "  OK, fits" : "  DOES NOT FIT";
   lines.push(vram);
-  if (r.ram_gb) lines.push(`CPU RAM: ${fmtGB(r.ram_gb)}`);
+  if (r.plan) lines.push(`Plan: ${r.plan}`);
+  if (r.ram_gib) lines.push(`CPU RAM: ${fmtGiB(r.ram_gib)}${r.ram_fits === false ? " (more than this machine has)" : ""}`);
   let t = `Time per video: ${fmtSeconds(r.seconds_per_video)}`;
   if (r.seconds_per_step) t += ` (${r.seconds_per_step.toFixed(r.seconds_per_step < 10 ? 2 : 1)} s/step)`;
+  if (r.first_video_seconds && r.first_video_seconds > r.seconds_per_video + 1) {
+    t += `; first video ${fmtSeconds(r.first_video_seconds)} with loading`;
+  }
   lines.push(t);
   lines.push(`Cost: ${fmtMoney(r.cost_per_video)} per video · ${fmtMoney(r.cost_per_month)} per month` +
     ` (${r.videos_per_month ?? "?"} videos at ${fmtMoney(r.price_per_hour)}/h)`);
@@ -201,7 +209,8 @@ export function formatEstimate(r, measured = null) {
     lines.push("Cheapest GPUs that fit:");
     r.cheapest.slice(0, 3).forEach((c, i) => {
       lines.push(`  ${i + 1}. ${c.name}: ${fmtMoney(c.cost_per_video)}/video, ${fmtSeconds(c.seconds_per_video)}` +
-        `${c.peak_vram_gb ? `, ${fmtGB(c.peak_vram_gb)}` : ""}`);
+        `${c.peak_vram_gib ? `, ${fmtGiB(c.peak_vram_gib)}` : ""}` +
+        `${c.changes && c.changes.length ? ` (${c.changes.join(", ")})` : ""}`);
     });
   }
   const warn = fitWarning(r);
@@ -215,8 +224,8 @@ export function formatEstimate(r, measured = null) {
 /** A one-line warning when the plan does not fit the budget; "" when it fits. */
 export function fitWarning(r) {
   if (!r || r.error || r.fits) return "";
-  const need = fmtGB(r.peak_vram_gb);
-  const have = fmtGB(r.budget_gb);
+  const need = fmtGiB(r.peak_vram_gib);
+  const have = fmtGiB(r.budget_gib);
   const hint = r.suggestion ? ` ${r.suggestion}` : " Try offload=blocks, fp8 weights, fewer frames or a smaller size.";
   return `needs ${need} VRAM but only ${have} available.${hint}`;
 }
@@ -229,7 +238,7 @@ export function formatMeasured(m, r = null) {
   const lines = [`Measured (last run on ${m.device || "?"}): ${sps}` +
     (est && est.seconds_per_step ? ` (estimated ${est.seconds_per_step.toFixed(2)})` : "") +
     `, ${fmtSeconds(m.total_seconds)} sampling`];
-  const peak = m.peak_vram_gib === null || m.peak_vram_gib === undefined ? "n/a" : fmtGB(m.peak_vram_gib * 1.073741824);
-  lines.push(`  peak VRAM ${peak}` + (est ? ` (estimated ${fmtGB(est.peak_vram_gb)})` : ""));
+  const peak = m.peak_vram_gib === null || m.peak_vram_gib === undefined ? "n/a" : fmtGiB(m.peak_vram_gib);
+  lines.push(`  peak VRAM ${peak}` + (est ? ` (estimated ${fmtGiB(est.peak_vram_gib)})` : ""));
   return lines;
 }
