@@ -101,11 +101,33 @@ def inspect_dit(path: str | os.PathLike) -> DiTInfo:
 
 
 def inspect_gguf(path: str | os.PathLike) -> DiTInfo:
-    """Hook for GGUF-quantized DiTs (city96's Wan2.2 GGUF files). Not implemented yet."""
+    """Identify a GGUF-quantized DiT (city96-style Wan2.2 GGUF: official key names, Q*_K/Q8_0 block
+    linears, F16/F32 rest) from its metadata, like inspect_dit does for safetensors.
+
+    GGUF stores at most 4 dims in reverse order; 5-D tensors (patch_embedding) carry their real
+    shape in the `comfy.gguf.orig_shape.<name>` field, as city96's converter writes it.
+    Loading GGUF weights is not supported yet (load_dit says so); inspection feeds the estimator.
+    """
     p = Path(path)
-    raise WanMeterError(
-        f"{p.name} is a GGUF file. GGUF diffusion models are handled by WanMeter's GGUF path, which is "
-        "not supported yet: use a .safetensors release for now (e.g. the fp8_scaled one).")
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(p), "r")
+    except Exception as e:  # gguf raises ValueError/struct errors/etc. for bad files
+        raise WanMeterError(f"{p.name} is not a readable GGUF file ({type(e).__name__}: {e}). "
+                            "It is truncated or corrupt: download it again.") from None
+    orig: dict[str, tuple[int, ...]] = {}
+    for name, fld in reader.fields.items():
+        if name.startswith("comfy.gguf.orig_shape."):
+            orig[name[len("comfy.gguf.orig_shape."):]] = tuple(int(x) for x in fld.contents())
+    tensors: dict[str, TensorMeta] = {}
+    for t in reader.tensors:
+        shape = orig.get(t.name) or tuple(int(x) for x in reversed(t.shape.tolist()))
+        tensors[t.name] = TensorMeta(t.tensor_type.name, shape, (int(t.data_offset), int(t.data_offset) + int(t.n_bytes)))
+    prefix = strip_prefix(tensors)
+    stripped = {k[len(prefix):]: v for k, v in tensors.items()}
+    sources = {k[len(prefix):]: (p, k) for k in tensors}
+    return _build_info(p, stripped, sources, layout="gguf", file_bytes=p.stat().st_size, files=(p,), prefix=prefix)
 
 
 # --- folders -------------------------------------------------------------------------------

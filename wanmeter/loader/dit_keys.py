@@ -111,7 +111,8 @@ def describe_foreign(keys: Iterable[str]) -> str | None:
     if _starts(ks, "adaln_single.", "transformer_blocks.") and not _starts(ks, "blocks."):
         return ("a DiT of another family (LTX-Video / PixArt-like transformer_blocks keys), not Wan2.2. "
                 "Pick a Wan2.2 diffusion model file")
-    if _any(ks, "spiece_model", "SelfAttention.q", "encoder.block.0.layer.0") or "shared.weight" in ks:
+    if (_any(ks, "spiece_model", "SelfAttention.q", "encoder.block.0.layer.0") or "shared.weight" in ks
+            or _starts(ks, "enc.blk.", "token_embd")):
         return ("a T5/umT5 text encoder, not a diffusion model. Load it with the text encoder loader "
                 "(wanmeter.loader.load_text_encoder / models/text_encoders)")
     if _any(ks, "text_model.encoder.", "transformer.resblocks", "token_embedding"):

@@ -106,6 +106,34 @@ def _writer(variant: str, expert: str | None, scaled: bool):
     return write
 
 
+def _gguf_writer(variant: str, expert: str | None, qtype: str):
+    """city96-style GGUF: block linears quantized, other 2-D+ tensors F16, 1-D F32; 5-D tensors
+    flattened to 4-D with their real shape in `comfy.gguf.orig_shape.<name>`."""
+    def write(dest: Path) -> None:
+        import gguf
+        import numpy as np
+
+        q = gguf.GGMLQuantizationType[qtype]
+        w = gguf.GGUFWriter(str(dest), arch="wan")
+        w.add_string("wanmeter_tiny", f"{variant}/{expert or 'single'}/{qtype}/v{VERSION}")
+        for k, t in tiny_official_state_dict(variant, expert).items():
+            a = t.float().numpy()
+            if _is_block_linear(k, t):
+                w.add_tensor(k, gguf.quants.quantize(a, q), raw_dtype=q)
+            elif a.ndim == 1:
+                w.add_tensor(k, a.astype(np.float32))
+            else:
+                if a.ndim > 4:
+                    w.add_array(f"comfy.gguf.orig_shape.{k}", list(a.shape))
+                    a = a.reshape(a.shape[0], -1)
+                w.add_tensor(k, a.astype(np.float16))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    return write
+
+
 def fixture_name(variant: str, expert: str | None = None, scaled: bool = False) -> str:
     """Registry name, e.g. dit_t2v_high, dit_i2v_low_fp8_scaled, dit_ti2v."""
     short = variant.split("_")[0]
@@ -119,6 +147,11 @@ def _register_all() -> None:
                 stem = _FILE_STEM[variant] + (f"_{expert}_noise" if expert else "")
                 rel = f"diffusion_models/{stem}{'_fp8_scaled' if scaled else ''}.safetensors"
                 register(fixture_name(variant, expert, scaled), _writer(variant, expert, scaled), rel, version=VERSION)
+    # GGUF (inspection only for now): one A14B expert in Q8_0, the 5B in Q4_0
+    register("dit_t2v_high_q8_0", _gguf_writer("t2v_a14b", "high", "Q8_0"),
+             "diffusion_models/tiny_wan2.2_t2v_high_noise-Q8_0.gguf", version=VERSION)
+    register("dit_ti2v_q4_0", _gguf_writer("ti2v_5b", None, "Q4_0"),
+             "diffusion_models/tiny_wan2.2_ti2v_5B-Q4_0.gguf", version=VERSION)
 
 
 _register_all()
