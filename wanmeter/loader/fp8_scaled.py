@@ -8,7 +8,10 @@ we turn such a state dict back into ordinary weights before handing it to them.
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported lazily so header-only inspection (estimator route, CLI) stays light
+    import torch
 
 MARKER = "scaled_fp8"
 
@@ -18,12 +21,15 @@ def is_scaled_fp8(keys) -> bool:
     return any(k == MARKER or k.endswith("." + MARKER) or k.endswith(".scale_weight") for k in keys)
 
 
-def dequantize_scaled_fp8(sd: dict[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+def dequantize_scaled_fp8(sd: "dict[str, torch.Tensor]", dtype: "torch.dtype | None" = None) -> "dict[str, torch.Tensor]":
     """Return a state dict with every `X.weight` multiplied by `X.scale_weight` and cast to dtype.
 
     Drops the marker and the scale tensors. Non-scaled tensors are cast to dtype only when they
     are floating point; the caller decides the final storage precision afterwards.
     """
+    import torch
+
+    dtype = torch.bfloat16 if dtype is None else dtype
     out: dict[str, torch.Tensor] = {}
     scales = {k[: -len(".scale_weight")]: v for k, v in sd.items() if k.endswith(".scale_weight")}
     for k, v in sd.items():
@@ -39,12 +45,15 @@ def dequantize_scaled_fp8(sd: dict[str, torch.Tensor], dtype: torch.dtype = torc
     return out
 
 
-def quantize_scaled_fp8(sd: dict[str, torch.Tensor], should_quantize, fp8_dtype: torch.dtype = torch.float8_e4m3fn) -> dict[str, torch.Tensor]:
+def quantize_scaled_fp8(sd: "dict[str, torch.Tensor]", should_quantize, fp8_dtype: "torch.dtype | None" = None) -> "dict[str, torch.Tensor]":
     """Write a state dict in ComfyUI's scaled-fp8 layout (used to build test fixtures).
 
     `should_quantize(key, tensor)` picks the weights stored as fp8 (2-D linear weights in
     practice); each gets a per-tensor scale so its largest value maps to the fp8 maximum.
     """
+    import torch
+
+    fp8_dtype = torch.float8_e4m3fn if fp8_dtype is None else fp8_dtype
     fmax = torch.finfo(fp8_dtype).max
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
