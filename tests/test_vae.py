@@ -220,3 +220,28 @@ def test_bad_inputs(vaes):
     with pytest.raises(WanMeterError, match="wan2\\.2_vae"):
         v21.decode(torch.randn(1, 48, 1, 2, 2))
     assert v21.encode(torch.rand(1, 32, 32, 3)).shape == (1, 16, 1, 4, 4)  # a single image
+
+
+@pytest.mark.parametrize("family,module,kwargs,expect", [
+    ("wan21", "vae2_1", dict(dim=96, z_dim=16), dict(base_dim=96, decoder_base_dim=96, z_dim=16)),
+    ("wan22", "vae2_2", dict(dim=160, dec_dim=256, z_dim=48), dict(base_dim=160, decoder_base_dim=256, z_dim=48)),
+])
+def test_real_size_official_layout(wan22_ref, tmp_path, family, module, kwargs, expect):
+    """The real-size official VAE (built on the meta device): header -> the real config, and every
+    official key converts onto the real-size AutoencoderKLWan, shapes included."""
+    from diffusers import AutoencoderKLWan
+
+    from wanmeter.loader.vae_loader import to_diffusers_state_dict
+    from wanmeter.tiny.fake_headers import write_header_only
+
+    with torch.device("meta"):
+        ref = _official(wan22_ref, module).WanVAE_(dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                                   temperal_downsample=[False, True, True], **kwargs)
+    official = ref.state_dict()
+    p = write_header_only(tmp_path / "vae.safetensors", {k: ("BF16", tuple(v.shape)) for k, v in official.items()})
+    info = inspect_vae(p)
+    assert info.family == family and {k: info.config[k] for k in expect} == expect
+    converted = to_diffusers_state_dict(dict(official), family)
+    with torch.device("meta"):
+        target = AutoencoderKLWan(**info.config).state_dict()
+    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in target.items()}

@@ -161,17 +161,21 @@ def load_text_encoder(
     from transformers import UMT5Config, UMT5EncoderModel
 
     prefix, cfg = inspect_text_encoder(path)
+    # Tensor by tensor, so the peak is the final model plus one tensor (not the file plus the model).
     sd: dict[str, torch.Tensor] = {}
     with safe_open(str(path), framework="pt", device="cpu") as f:
-        keys = [k for k in f.keys() if k.startswith(prefix)]
-        scaled = is_scaled_fp8([k[len(prefix):] for k in keys])
-        raw = {k[len(prefix):]: f.get_tensor(k) for k in keys}
-    spiece = raw.pop("spiece_model")
-    tokenizer = UMT5Tokenizer(spiece.to(torch.uint8).numpy().tobytes())
-    if scaled:
-        raw = dequantize_scaled_fp8(raw, dtype)
-    for k, v in raw.items():
-        if k.startswith(("encoder.", "shared.")) and v.is_floating_point():
+        names = {k[len(prefix):] for k in f.keys() if k.startswith(prefix)}
+        scaled = is_scaled_fp8(names)
+        tokenizer = UMT5Tokenizer(f.get_tensor(prefix + "spiece_model").to(torch.uint8).numpy().tobytes())
+        for k in sorted(names):
+            if not k.startswith(("encoder.", "shared.")) or k.endswith((".scale_weight", ".scale_input")):
+                continue
+            v = f.get_tensor(prefix + k)
+            if not v.is_floating_point():
+                continue
+            scale = k[: -len(".weight")] + ".scale_weight"
+            if scaled and k.endswith(".weight") and scale in names:
+                v = dequantize_scaled_fp8({k: v, scale: f.get_tensor(prefix + scale)}, dtype)[k]
             sd[k] = v.to(dtype)
     if "shared.weight" not in sd:
         sd["shared.weight"] = sd["encoder.embed_tokens.weight"]
