@@ -124,7 +124,7 @@ class Estimate:
 
 
 def flop_floor(flops_linear: float, flops_attn: float, plan: Plan, gpu: GpuSpec) -> float:
-    """No implementation can beat this: each kind of FLOP at the fastest peak it may use."""
+    """No implementation on one GPU can beat this: each kind of FLOP at the fastest peak it may use."""
     lin_peak = (gpu.fp8_tflops or gpu.peak_bf16_tflops) if plan.compute == "fp8" else gpu.peak_bf16_tflops
     att_peak = gpu.peak_bf16_tflops * (2.0 if plan.attention == "sage" else 1.0)
     return flops_linear / (lin_peak * 1e12) + flops_attn / (att_peak * 1e12)
@@ -152,7 +152,7 @@ def estimate(workload: Workload, plan: Plan, gpu: GpuSpec, prices: Prices | floa
     fwd_counts = sum(c for c in (st * (2 if g > 1.0 else 1) for st, g in zip(workload.expert_steps(), workload.cfg)))
     lin = sum(f.linear for f in s.flops_per_clip) * fwd_counts
     att = sum(f.attention for f in s.flops_per_clip) * fwd_counts
-    floor = flop_floor(lin, att, plan, gpu)
+    floor = flop_floor(lin, att, plan, gpu) / plan.num_gpus  # G GPUs share the FLOPs at best perfectly
     if t.denoise < floor:  # cannot happen with calibration fractions <= 1; kept as a hard guarantee
         notes.append("denoise time raised to the FLOP floor")
         t.denoise = floor

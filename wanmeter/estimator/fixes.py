@@ -117,11 +117,11 @@ def suggest_fixes(workload: Workload, plan: Plan, gpu: GpuSpec, prices: Prices |
             smaller = lower_resolution(smaller)
             tried += 1
     fixes.sort(key=lambda f: (f.estimate.per_video_s, len(f.changes)))
-    seen, uniq = set(), []
+    # Drop a fix that only adds changes to a faster one (the extra changes buy nothing).
+    kinds = lambda f: frozenset(c.split(" ")[0] if c.startswith("stream") else c for c in f.changes)  # noqa: E731
+    uniq: list[Fix] = []
     for f in fixes:
-        key = tuple(f.changes)
-        if key not in seen:
-            seen.add(key)
+        if not any(kinds(g) <= kinds(f) for g in uniq):
             uniq.append(f)
     return uniq[:limit]
 

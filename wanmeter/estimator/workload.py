@@ -43,14 +43,15 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
 @dataclass(frozen=True)
 class Workload:
     """One generation request. cfg has one guidance scale per expert; 1.0 (or less) means no CFG
-    (one forward per step instead of two)."""
+    (one forward per step instead of two). Unset sizes, frames, steps and cfg take the variant's
+    official defaults."""
 
     variant: str = "t2v_a14b"
-    width: int = 1280
-    height: int = 720
-    frames: int = 81
-    steps: int = 40
-    cfg: tuple[float, ...] = (4.0, 3.0)
+    width: int | None = None        # None: the variant's first official size
+    height: int | None = None
+    frames: int | None = None       # None: the variant's default
+    steps: int | None = None
+    cfg: tuple[float, ...] | float | None = None
     batch: int = 1
     shift: float | None = None
     high_noise_steps: int | None = None
@@ -62,6 +63,11 @@ class Workload:
     def __post_init__(self) -> None:
         if self.variant not in variant_names():
             raise WanMeterError(f"Unknown variant {self.variant!r}. Use one of: {', '.join(variant_names())}.")
+        f = variant(self.variant)
+        for n, d in (("width", f["sizes"][0][0]), ("height", f["sizes"][0][1]), ("frames", f["default_frames"]),
+                     ("steps", f["default_steps"]), ("cfg", tuple(f["default_cfg"]))):
+            if getattr(self, n) is None:
+                object.__setattr__(self, n, d)
         for n in ("width", "height", "frames", "steps", "batch", "loras", "lora_rank", "s2v_clips"):
             object.__setattr__(self, n, _check_int(n, getattr(self, n)))
         mult = int(variant(self.variant)["size_multiple"])
