@@ -1,0 +1,312 @@
+"""Placement of the DiT expert(s): precision, attention backend, offload mode.
+
+Three offload modes (see RuntimeOptions):
+- "none": every expert lives on the compute device the whole time.
+- "model": only the expert in use is on the device; the other waits in CPU memory. Experts are
+  swapped when the sampler crosses the MoE boundary (one swap per run for A14B). Moving with
+  `.to()` rather than keeping a CPU master copy keeps host RAM at one expert's size, which is
+  what users run out of first (peers.md).
+- "blocks": as "model", and the last N transformer blocks of the active expert stay in pinned
+  CPU memory and are streamed in with diffusers' group-offloading hooks on a side CUDA stream,
+  each block prefetched while the previous one computes. For N < all blocks we build diffusers'
+  `ModuleGroup`/`GroupOffloadingHook` objects for just those blocks and chain their prefetch
+  ourselves (the public `apply_group_offloading` only takes whole ModuleLists); the resident
+  block before the first streamed one triggers its prefetch. For N == all blocks we call the
+  public `apply_group_offloading(block_level, num_blocks_per_group=1, use_stream=True)`, which
+  also offloads the embeddings and the head.
+On CPU the same hooks are installed without a stream (onload/offload are no-ops), so the tests
+exercise every code path.
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+from diffusers.hooks import ModelHook
+from torch import nn
+
+from ..errors import WanMeterError
+from .attention import apply_attention
+from .options import RuntimeOptions, parse_dtype
+
+_FP8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+_GROUP_HOOK = "group_offloading"
+_PREFETCH_HOOK = "wanmeter_prefetch_trigger"
+_CPU = torch.device("cpu")
+
+
+def weights_dtype(model: nn.Module) -> torch.dtype:
+    """Storage dtype of the bulk of the weights (by element count), not of the fp32-kept norms."""
+    counts: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    return max(counts, key=counts.get)
+
+
+def _has_layerwise_casting(model: nn.Module) -> bool:
+    for m in model.modules():
+        reg = getattr(m, "_diffusers_hook", None)
+        if reg is not None and reg.get_hook("layerwise_casting") is not None:
+            return True
+    return False
+
+
+def apply_precision(model: nn.Module, compute: torch.dtype | None) -> torch.dtype:
+    """Make `model` compute in `compute` (None: its weights' dtype; bf16 for fp8 weights).
+
+    fp8-stored weights get diffusers' layerwise casting (weights stay fp8 in memory, each layer
+    is upcast just for its matmul) unless the loader already installed it; float weights of
+    another dtype are cast once.
+    """
+    wd = weights_dtype(model)
+    if wd in _FP8:
+        compute = compute or torch.bfloat16
+        if not _has_layerwise_casting(model):
+            model.enable_layerwise_casting(storage_dtype=wd, compute_dtype=compute)
+        return compute
+    if compute is None or compute == wd:
+        return wd
+    model.to(dtype=compute)
+    return compute
+
+
+class _PrefetchTrigger(ModelHook):
+    """Hook on the last resident block: starts copying the first streamed block to the device."""
+
+    _is_stateful = False
+
+    def __init__(self, group) -> None:
+        super().__init__()
+        self.group = group
+
+    def pre_forward(self, module, *args, **kwargs):
+        self.group.onload_()
+        return args, kwargs
+
+
+def _stream_blocks(model: nn.Module, n: int, device: torch.device, record_stream: bool) -> set[int]:
+    """Install streaming hooks on the last `n` blocks of `model` (on CPU); returns their indices."""
+    from diffusers.hooks import HookRegistry, apply_group_offloading
+    from diffusers.hooks.group_offloading import (
+        GroupOffloadingConfig,
+        GroupOffloadingHook,
+        GroupOffloadingType,
+        ModuleGroup,
+    )
+
+    blocks = model.blocks
+    total = len(blocks)
+    if n > total:
+        raise WanMeterError(
+            f"blocks_to_stream={n} but this DiT has {total} blocks; use a value from 1 to {total}."
+        )
+    use_stream = device.type == "cuda"
+    if n == total:
+        apply_group_offloading(
+            model, onload_device=device, offload_device=_CPU, offload_type="block_level",
+            num_blocks_per_group=1, use_stream=use_stream, record_stream=record_stream and use_stream,
+        )
+        return set(range(total))
+
+    stream = torch.cuda.Stream(device=device) if use_stream else None
+    config = GroupOffloadingConfig(
+        onload_device=device, offload_device=_CPU, offload_type=GroupOffloadingType.BLOCK_LEVEL,
+        non_blocking=use_stream, record_stream=record_stream and use_stream, low_cpu_mem_usage=False,
+        num_blocks_per_group=1, stream=stream,
+    )
+    first = total - n
+    groups, hooks = [], []
+    for i in range(first, total):
+        group = ModuleGroup(
+            modules=[blocks[i]], offload_device=_CPU, onload_device=device,
+            offload_leader=blocks[i], onload_leader=blocks[i], non_blocking=use_stream,
+            stream=stream, record_stream=config.record_stream, onload_self=True,
+            group_id=f"blocks_{i}",
+        )
+        hook = GroupOffloadingHook(group, config=config)
+        HookRegistry.check_if_exists_or_initialize(blocks[i]).register_hook(hook, _GROUP_HOOK)
+        groups.append(group)
+        hooks.append(hook)
+    if use_stream:
+        # block k prefetches block k+1 while it computes; the resident block before the first
+        # streamed one prefetches that one.
+        for hook, nxt in zip(hooks[:-1], groups[1:]):
+            hook.next_group = nxt
+            nxt.onload_self = False
+        groups[0].onload_self = False
+        HookRegistry.check_if_exists_or_initialize(blocks[first - 1]).register_hook(
+            _PrefetchTrigger(groups[0]), _PREFETCH_HOOK
+        )
+    return set(range(first, total))
+
+
+def _remove_streaming(model: nn.Module) -> None:
+    from diffusers.hooks import HookRegistry
+
+    reg = HookRegistry.check_if_exists_or_initialize(model)
+    for name in (_GROUP_HOOK, "layer_execution_tracker", "lazy_prefetch_group_offloading", _PREFETCH_HOOK):
+        reg.remove_hook(name, recurse=True)
+
+
+def _offload_streamed_groups(model: nn.Module) -> None:
+    """After an exception mid-forward: send any streamed block that is still onloaded back."""
+    for m in model.modules():
+        reg = getattr(m, "_diffusers_hook", None)
+        hook = reg.get_hook(_GROUP_HOOK) if reg is not None else None
+        if hook is None or hook.group.offload_leader is not m:
+            continue
+        params = [p for mod in hook.group.modules for p in mod.parameters()] + list(hook.group.parameters)
+        if params and params[0].device != hook.group.offload_device:
+            hook.group.offload_()
+
+
+def _move_resident(model: nn.Module, device: torch.device, streamed: set[int], all_streamed: bool) -> None:
+    """Move every parameter/buffer that is not streamed by hooks to `device` (keeps Parameter identity)."""
+    if all_streamed:
+        return
+    skip = {f"blocks.{i}" for i in streamed}
+    for name, module in model.named_modules():
+        if any(name == s or name.startswith(s + ".") for s in skip):
+            continue
+        for p in module.parameters(recurse=False):
+            if p.device != device:
+                p.data = p.data.to(device)
+        for key, b in list(module._buffers.items()):
+            if b is not None and b.device != device:
+                module._buffers[key] = b.to(device)
+
+
+def _tensor_bytes(model: nn.Module, streamed: set[int] | None) -> tuple[int, int]:
+    """(resident bytes, streamed bytes) of a model's parameters and buffers."""
+    prefixes = tuple(f"blocks.{i}." for i in (streamed or ()))
+    res = stream = 0
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        size = t.numel() * t.element_size()
+        if prefixes and name.startswith(prefixes):
+            stream += size
+        else:
+            res += size
+    return res, stream
+
+
+class Placement:
+    """Applies RuntimeOptions to the expert list and brings the needed expert to the device.
+
+    The sampler calls `activate(i)` before using expert i (0 = high-noise or the only expert,
+    1 = low-noise), `recover()` after an exception, and reads `swaps` / `swap_seconds`.
+    """
+
+    def __init__(self, experts: Sequence[nn.Module | None], options: RuntimeOptions | None = None):
+        options = options or RuntimeOptions()
+        options.validate()
+        self.options = options
+        self.device = options.torch_device()
+        self.experts = list(experts)
+        self.active: int | None = None
+        self.swaps = 0
+        self.swap_seconds = 0.0
+        self.attention_backend: str | None = None
+        self._streamed: dict[int, set[int]] = {}
+        self._all_streamed: dict[int, bool] = {}
+
+        requested = parse_dtype(options.compute_dtype)
+        dtypes = set()
+        for i, model in enumerate(self.experts):
+            if model is None:
+                continue
+            model.eval()
+            dtypes.add(apply_precision(model, requested))
+            self.attention_backend = apply_attention(model, options.attention, self.device)
+            if options.offload == "none":
+                _move_resident(model, self.device, set(), False)
+            else:
+                _move_resident(model, _CPU, set(), False)
+                if options.offload == "blocks":
+                    n = int(options.blocks_to_stream)
+                    self._streamed[i] = _stream_blocks(model, n, self.device, options.record_stream)
+                    self._all_streamed[i] = n == len(model.blocks)
+        if len(dtypes) > 1:
+            raise WanMeterError(
+                f"The two experts compute in different dtypes ({sorted(map(str, dtypes))}); load both with "
+                "the same weight_dtype or set compute_dtype."
+            )
+        self.compute_dtype: torch.dtype = dtypes.pop() if dtypes else torch.float32
+        if options.offload == "none":
+            self.active = None
+
+    # -- used by the sampler -------------------------------------------------------------
+    def activate(self, index: int) -> nn.Module:
+        """Return expert `index`, on the device; under model/blocks offload, swap the other out."""
+        model = self.experts[index] if index < len(self.experts) else None
+        if model is None:
+            which = "high-noise" if index == 0 else "low-noise"
+            raise WanMeterError(
+                f"This step needs the {which} expert, which was not loaded. Load both A14B experts, "
+                "or choose denoise/boundary so only the loaded expert runs."
+            )
+        if self.options.offload == "none" or self.active == index:
+            self.active = index
+            return model
+        t0 = time.perf_counter()
+        if self.active is not None:
+            self._to(self.active, _CPU)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self._to(index, self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if self.active is not None:
+            self.swaps += 1
+        self.swap_seconds += time.perf_counter() - t0
+        self.active = index
+        return model
+
+    def recover(self) -> None:
+        """Put streamed blocks back in CPU memory after an exception interrupted a forward."""
+        for i, model in enumerate(self.experts):
+            if model is not None and i in self._streamed:
+                _offload_streamed_groups(model)
+
+    def unload(self) -> None:
+        """Send every expert's resident weights to CPU memory (frees the device for other models)."""
+        for i, model in enumerate(self.experts):
+            if model is not None:
+                self._to(i, _CPU)
+        self.active = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def teardown(self) -> None:
+        """Remove streaming hooks and leave every expert in CPU memory (before re-placing)."""
+        for i, model in enumerate(self.experts):
+            if model is None:
+                continue
+            if i in self._streamed:
+                _offload_streamed_groups(model)
+                _remove_streaming(model)
+            _move_resident(model, _CPU, set(), False)
+        self._streamed.clear()
+        self._all_streamed.clear()
+        self.active = None
+
+    def describe(self) -> dict:
+        """Bytes on the device vs streamed, per expert: what the estimator models."""
+        out = {"device": str(self.device), "offload": self.options.offload,
+               "attention": self.attention_backend, "compute_dtype": str(self.compute_dtype).replace("torch.", ""),
+               "experts": []}
+        for i, model in enumerate(self.experts):
+            if model is None:
+                out["experts"].append(None)
+                continue
+            res, stream = _tensor_bytes(model, self._streamed.get(i))
+            if self._all_streamed.get(i):
+                res, stream = 0, res + stream
+            out["experts"].append({"resident_bytes": res, "streamed_bytes": stream,
+                                   "streamed_blocks": len(self._streamed.get(i, ()))})
+        return out
+
+    def _to(self, index: int, device: torch.device) -> None:
+        model = self.experts[index]
+        if model is not None:
+            _move_resident(model, device, self._streamed.get(index, set()), self._all_streamed.get(index, False))
