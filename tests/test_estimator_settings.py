@@ -1,0 +1,152 @@
+"""Settings from the browser / workflows -> Workload, Plan; validation of untrusted payloads; the CLI;
+the bench scripts' CPU dry runs."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from wanmeter.errors import WanMeterError
+from wanmeter.estimator import estimate_reply, validate_settings, workload_from_settings, workload_from_ui_workflow
+from wanmeter.estimator.cli_estimate import main as cli_main
+from wanmeter.estimator.settings import WIDGETS
+
+ROOT = Path(__file__).resolve().parents[1]
+OK = {"variant": "t2v_a14b", "width": 1280, "height": 720, "frames": 81, "steps": 40, "gpu": "RTX 4090"}
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"gpu": "Voodoo 2"}, "Unknown GPU"),
+    ({"frames": 0}, "frames=0 is out of range"),
+    ({"steps": 100000}, "steps=100000 is out of range"),
+    ({"width": 16384}, "width=16384 is out of range"),
+    ({"height": -720}, "out of range"),
+    ({"steps": 2.5}, "whole number"),
+    ({"steps": "40"}, "must be a number"),
+    ({"steps": True}, "must be a number"),
+    ({"model": "../../etc/passwd"}, "not a plain file name"),
+    ({"model": "sub/dir.safetensors"}, "not a plain file name"),
+    ({"model_low_noise": "a\\b.safetensors"}, "not a plain file name"),
+    ({"offload": "disk"}, "offload='disk' is not supported"),
+    ({"cfg": [1, 2, 3]}, "one or two guidance"),
+    ({"vae_tiled": "yes"}, "true or false"),
+    ({"price_per_hour": float("nan")}, "must be a number"),
+])
+def test_validate_settings_rejects(bad, match):
+    with pytest.raises(WanMeterError, match=match):
+        validate_settings({**OK, **bad})
+
+
+def test_validate_settings_rejects_non_dict_and_oversized():
+    for p in ([1, 2], "not json", 3, None):
+        with pytest.raises(WanMeterError):
+            validate_settings(p)
+    with pytest.raises(WanMeterError, match="at most 65536"):
+        validate_settings({**OK, "padding": "x" * 70000})
+    with pytest.raises(WanMeterError, match="at most 65536"):
+        validate_settings(b"{" + b" " * 70000 + b"}")
+
+
+def test_settings_to_workload_and_plan():
+    s = validate_settings({**OK, "cfg_high": 3.5, "cfg_low": 1.0, "weight_dtype": "fp8_e4m3fn", "offload": "blocks",
+                           "blocks_to_stream": 12, "attention": "sdpa_flash", "budget_gb": 20.0, "loras": 1})
+    assert s["gpu"] == "rtx4090"
+    w, p = workload_from_settings(s)
+    assert w.cfg == (3.5, 1.0) and w.loras == 1
+    assert (p.weight_dtype, p.offload, p.blocks_to_stream, p.attention) == ("fp8_e4m3fn", "blocks", 12, "flash")
+    assert p.budget_gib == pytest.approx(20e9 / 2 ** 30)
+    with pytest.raises(WanMeterError, match="4k\\+1"):
+        workload_from_settings(validate_settings({**OK, "frames": 80}))
+    with pytest.raises(WanMeterError, match="multiple of 32"):
+        workload_from_settings(validate_settings({**OK, "variant": "ti2v_5b", "width": 1280, "height": 720}))
+
+
+def test_estimate_reply_shape_and_auto_offload():
+    r = estimate_reply(validate_settings({**OK, "offload": "auto", "videos_per_month": 10}))
+    assert r["fits"] and r["notes"][0].startswith("offload auto:")
+    for k in ("peak_vram_gb", "budget_gb", "ram_gb", "seconds_per_video", "seconds_per_step", "cost_per_video",
+              "cost_per_month", "price_per_hour", "cheapest", "estimate"):
+        assert k in r
+    assert r["gpu"]["key"] == "rtx4090" and r["cost_per_month"] == pytest.approx(10 * r["cost_per_video"], rel=1e-3)
+    r2 = estimate_reply(validate_settings({**OK, "offload": "none"}))
+    assert not r2["fits"] and r2["suggestion"].startswith("Fits with:")
+    json.dumps(r2)
+
+
+@pytest.mark.parametrize("wf", sorted((ROOT / "workflows").glob("*.json")), ids=lambda p: p.name)
+def test_workflows_parse(wf):
+    w, p, s = workload_from_ui_workflow(json.loads(wf.read_text()))
+    data = json.loads(wf.read_text())
+    sampler = next(n for n in data["nodes"] if n["type"] == "WanMeterSampler")
+    assert (w.width, w.height, w.frames, w.steps) == tuple(sampler["widgets_values"][:4])
+    assert w.variant in wf.name
+
+
+def test_workflow_errors():
+    with pytest.raises(WanMeterError, match="UI-format"):
+        workload_from_ui_workflow({"1": {"class_type": "WanMeterSampler"}})
+    with pytest.raises(WanMeterError, match="no WanMeter Model Loader"):
+        workload_from_ui_workflow({"nodes": []})
+
+
+def test_widget_table_matches_node_definitions(monkeypatch, tmp_path):
+    """settings.WIDGETS must list each node's widgets in INPUT_TYPES order (what widgets_values holds)."""
+    spec = importlib.util.spec_from_file_location("wanmeter_comfy_stubs", ROOT / "tests" / "comfy_stubs.py")
+    stubs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stubs)
+    for name, mod in stubs.make_stubs(tmp_path).items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    pack = stubs.import_pack()
+    try:
+        widget_types = ("INT", "FLOAT", "BOOLEAN", "STRING")
+        for node_type, names in WIDGETS.items():
+            cls = pack.NODE_CLASS_MAPPINGS[node_type]
+            spec_ = cls.INPUT_TYPES()
+            declared = [k for part in ("required", "optional") for k, v in spec_.get(part, {}).items()
+                        if isinstance(v[0], list) or v[0] in widget_types]
+            ours = [{"text_encoder_device": "device", "text_encoder_dtype": "dtype", "vae_tiled": "tiled",
+                     "vae_dtype": "dtype"}.get(n, n) for n in names]
+            assert ours == declared, node_type
+    finally:
+        for k in [k for k in sys.modules if k == stubs.PACK or k.startswith(stubs.PACK + ".")]:
+            del sys.modules[k]
+
+
+def test_cli(capsys):
+    assert cli_main(["estimate", str(ROOT / "workflows" / "wan22_t2v_a14b.json"), "--gpu", "NVIDIA GeForce RTX 4090"]) == 0
+    out = capsys.readouterr().out
+    assert "RTX 4090" in out and "DOES NOT FIT" in out and "Which GPU" in out and "stream" in out
+    assert cli_main(["estimate", "--variant", "ti2v_5b", "--width", "1280", "--height", "704", "--frames", "121",
+                     "--gpu", "h100_sxm", "--price", "2.0", "--json", "--no-rank"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["estimate"]["fits"] and d["estimate"]["price_per_hour"]["on_demand"] == 2.0
+    assert cli_main(["gpus"]) == 0
+    assert "MI300X" in capsys.readouterr().out
+    assert cli_main(["estimate", "--steps", "100000"]) == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+def _bench(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return mod
+
+
+def test_bench_scripts_dry_run(tmp_path, monkeypatch):
+    """Both GPU scripts run end to end on CPU with tiny sizes and write their JSON."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    assert _bench("calibrate").main(["--dry-run", "--out", str(tmp_path)]) == 0
+    cal = json.loads((tmp_path / "calibration_dryrun.json").read_text())
+    assert "calibrate.py" in cal["elementwise_bytes_per_token_channel_block"]["source"]
+    assert _bench("accuracy").main(["--dry-run", "--out", str(tmp_path)]) == 0
+    acc = json.loads((tmp_path / "accuracy_dryrun.json").read_text())
+    assert len(acc["official"]) == 27 and all(r["est_s"] > 0 for r in acc["official"])
+    assert len(acc["measured"]) >= 5
