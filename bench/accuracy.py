@@ -104,7 +104,12 @@ def run_config(env: cb.Env, cfg, gpu, cache: dict) -> dict:
     model = cache[key]
     if needs_fresh:
         cache["_dirty_" + key] = True
-        apply_plan(model, p, env)
+        try:
+            apply_plan(model, p, env)
+        except Exception as e:  # a diffusers API change must not sink the other configurations
+            row.update(meas_s=None, meas_gib=None, ok=False, error=f"plan not applied: {type(e).__name__}: {e}"[:300],
+                       time_err_pct=None, vram_err_pct=None)
+            return row
     inputs = cb.dit_inputs(kw, cb.latent_geometry(var, w_, h_, f_, env), env, per_token_t=var == "ti2v_5b")
     fn = cb.forward_fn(model, inputs)
     backend = p.attention if p.attention != "sdpa" else None
