@@ -175,6 +175,31 @@ def plan_for(w, p, gpu, *, auto: bool, prices=None, videos_per_month=None):
     return e, []
 
 
+def auto_offload(variant: str, weight_dtype: str, *, width: int, height: int, frames: int, steps: int,
+                 batch: int = 1) -> tuple[str, int]:
+    """(offload, blocks_to_stream) for offload=auto on this machine's GPU: the fastest plan the
+    estimator finds that fits the free VRAM (after ComfyUI unloaded its models)."""
+    from ..wanmeter.estimator.gpus import get_gpu
+    from ..wanmeter.estimator.workload import Plan, Workload
+    from ..wanmeter.variants import variant as facts
+    from .routes import local_gpu
+
+    local = local_gpu()
+    if local is None:
+        return "none", 0
+    name = match_gpu(local["name"])
+    f = facts(variant)
+    cfg = tuple(float(c) for c in f["default_cfg"])
+    w = Workload(variant=variant, width=width, height=height, frames=frames, steps=steps, cfg=cfg, batch=batch)
+    wd = weight_dtype if weight_dtype in ("bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2") else "bf16"
+    p = Plan(weight_dtype=wd, budget_gib=max(1.0, float(local["free_gib"]) - 0.5))
+    if name is None:  # a GPU missing from the table: judge by weights alone, conservatively
+        experts = 2 if int(f["experts"]) == 2 else 1
+        return ("model", 0) if experts > 1 else ("none", 0)
+    e, _ = plan_for(w, p, get_gpu(name), auto=True)
+    return e.plan.offload, int(e.plan.blocks_to_stream if e.plan.offload == "blocks" else 0)
+
+
 def run_estimate(settings: dict[str, Any], local: dict[str, Any] | None) -> dict[str, Any]:
     """The reply of POST /wanmeter/estimate (fields as web/estimate_logic.js reads them)."""
     from ..wanmeter.estimator.fixes import rank_gpus, suggest_fixes

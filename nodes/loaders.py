@@ -115,12 +115,43 @@ def _low_noise_name(high: str) -> str:
 
 def _load_bundle(info, high_path: str, low_path: str | None, *, weight_dtype: str, compute_dtype: str,
                  offload: str, blocks_to_stream: int, attention: str, device):
-    """Engine call: load the expert(s) and place them per the runtime plan."""
-    from ..wanmeter.sampler import load_bundle
+    """Engine calls: load the expert(s) straight to where they will live, wrap them in a
+    WanModelBundle whose RuntimeOptions carry offload/attention/compute dtype."""
+    import torch
 
-    return load_bundle(high_path, low_path, weight_dtype=weight_dtype, compute_dtype=compute_dtype,
-                       offload=offload, blocks_to_stream=blocks_to_stream, attention=attention,
-                       device=device, info=info)
+    from ..wanmeter.loader import check_expert_pair, inspect_dit, load_dit
+    from ..wanmeter.runtime import RuntimeOptions
+    from ..wanmeter.sampler import WanModelBundle
+    from . import estimate_adapter as ea
+
+    auto = offload == "auto"
+    if device.type == "cpu":
+        offload, blocks_to_stream = "none", 0  # ComfyUI --cpu: everything stays in RAM
+    elif auto:
+        f = _facts(info.variant)
+        w, h = f["sizes"][0]
+        offload, blocks_to_stream = ea.auto_offload(info.variant, weight_dtype, width=w, height=h,
+                                                    frames=int(f["default_frames"]), steps=int(f["default_steps"]))
+    load_device = device if offload == "none" else torch.device("cpu")
+    experts = []
+    kw = dict(weight_dtype=weight_dtype, compute_dtype=compute_dtype, device=load_device)
+    experts.append(load_dit(info, **kw))
+    if low_path is not None:
+        low = inspect_dit(low_path)
+        check_expert_pair(info, low)
+        experts.append(load_dit(low, **kw))
+    runtime = RuntimeOptions(device=str(device), offload=offload, blocks_to_stream=int(blocks_to_stream),
+                             attention=attention, compute_dtype=compute_dtype)
+    bundle = WanModelBundle.from_loaded(info.variant, *experts, runtime=runtime)
+    bundle.wanmeter_auto_offload = auto and device.type != "cpu"
+    bundle.wanmeter_weight_dtype = weight_dtype
+    return bundle
+
+
+def _facts(variant: str) -> dict:
+    from ..wanmeter.variants import variant as facts
+
+    return facts(variant)
 
 
 class WanMeterTextEncoderLoader:
@@ -149,7 +180,7 @@ class WanMeterTextEncoderLoader:
     def load(self, text_encoder: str, device: str, dtype: str):
         import torch
 
-        from ..wanmeter.loader import load_text_encoder
+        from ..wanmeter.loader.text_encoder import load_text_encoder
 
         path = c.resolve_model("text_encoders", text_encoder, what="text encoder")
         dev = c.comfy_device() if device == "gpu" else torch.device("cpu")
@@ -186,7 +217,7 @@ class WanMeterVAELoader:
     DESCRIPTION = "Load a Wan2.1 or Wan2.2 VAE."
 
     def load(self, vae: str, tiled: bool, dtype: str):
-        from ..wanmeter.loader import load_vae
+        from ..wanmeter.loader.vae_loader import load_vae
 
         path = c.resolve_model("vae", vae, what="VAE")
         try:

@@ -6,7 +6,6 @@ and reports measured seconds per step and peak VRAM to the frontend (ui.wanmeter
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from ..wanmeter.errors import WanMeterError
@@ -85,59 +84,91 @@ class WanMeterSampler:
         import comfy.utils
 
         pbar = comfy.utils.ProgressBar(steps, node_id=unique_id)
-        ticks: list[float] = []
 
-        def on_step(step: int, total: int, _latent) -> None:
-            ticks.append(time.perf_counter())
+        def on_step(done: int, total: int, _latent) -> None:
             c.check_interrupt()  # raises InterruptProcessingException; the engine frees its memory
-            pbar.update_absolute(step + 1, total)
+            pbar.update_absolute(done, total)
 
-        cuda = torch.cuda.is_available()
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
+        fields = dict(width=width, height=height, frames=frames, steps=steps, cfg_high=cfg_high, cfg_low=cfg_low,
+                      shift=shift, seed=seed, batch_size=batch_size, scheduler=scheduler,
+                      boundary=boundary if boundary > 0 else None, denoise=denoise,
+                      latent=(latent["samples"] if isinstance(latent, dict) else latent),
+                      image=start_image, vae=vae)
         try:
-            out = _run(model, pos, neg, dict(
-                width=width, height=height, frames=frames, steps=steps, cfg_high=cfg_high, cfg_low=cfg_low,
-                shift=shift, seed=seed, batch_size=batch_size, scheduler=scheduler, boundary=boundary or None,
-                denoise=denoise,
-                latent=(latent["samples"] if isinstance(latent, dict) else latent),
-                image=start_image, vae=vae), on_step)
+            out, stats = _run(model, pos, neg, fields, on_step)
         except BaseException:
             c.release_memory()
             raise
-        if cuda:
-            torch.cuda.synchronize()
-        total_s = time.perf_counter() - t0
-        stats = _stats(ticks, t0, total_s, steps,
-                       torch.cuda.max_memory_allocated() if cuda else None,
-                       torch.cuda.get_device_name() if cuda else "cpu")
         c.release_memory()
         return {"ui": {"wanmeter_stats": [stats], "text": [_stats_text(stats)]},
                 "result": ({"samples": out.to(device="cpu", dtype=torch.float32)},)}
 
 
 def _run(model, pos, neg, fields: dict[str, Any], callback):
-    """Engine call (wanmeter.sampler.sample with a SampleRequest built from the widgets)."""
-    from ..wanmeter.sampler import SampleRequest, sample
+    """Engine call: SampleRequest from the widgets (image -> image_latent), wanmeter.sampler.sample.
 
-    req = SampleRequest(**fields)
-    return sample(model, pos, neg, req, callback=callback)
+    Returns (raw latent, stats dict for the frontend)."""
+    from ..wanmeter.sampler import SampleRequest, SampleStats, WanModelBundle, sample
+    from .image_cond import encode_start_image
+
+    if not isinstance(model, WanModelBundle):
+        raise WanMeterError("model is not a WanMeter model. Connect WanMeter Model Loader (native MODEL is not supported).")
+    experts = int(model.facts["experts"])
+    width, height = int(fields["width"]), int(fields["height"])
+    image_latent = None
+    if fields["image"] is not None:
+        if model.variant == "t2v_a14b":
+            raise WanMeterError("T2V-A14B takes no start image: disconnect start_image, or load the I2V-A14B or "
+                                "TI2V-5B model for image-to-video.")
+        image_latent, width, height = encode_start_image(model.variant, fields["image"], fields["vae"],
+                                                         width, height, int(fields["frames"]))
+    elif model.variant == "i2v_a14b":
+        raise WanMeterError("I2V-A14B needs a start image: connect a Load Image node to start_image and the VAE to vae.")
+    _plan_runtime(model, width, height, fields)
+    cfg = (fields["cfg_high"], fields["cfg_low"]) if experts == 2 else fields["cfg_high"]
+    req = SampleRequest(width=width, height=height, frames=int(fields["frames"]), steps=int(fields["steps"]),
+                        cfg=cfg, shift=float(fields["shift"]), seed=int(fields["seed"]),
+                        batch_size=int(fields["batch_size"]), denoise=float(fields["denoise"]),
+                        init_latent=fields["latent"], image_latent=image_latent, scheduler=fields["scheduler"],
+                        boundary=fields["boundary"] if experts == 2 else None)
+    st = SampleStats()
+    out = sample(model, pos, neg, req, callback=callback, stats=st)
+    return out, _stats(st)
 
 
-def _stats(ticks: list[float], t0: float, total_s: float, steps: int, peak_bytes: int | None, device: str) -> dict:
-    """Seconds per step from the callback times (the first step includes warm-up, so it is
-    measured separately); peak VRAM from torch's allocator."""
-    steady = [b - a for a, b in zip(ticks, ticks[1:])]
-    per_step = (sum(steady) / len(steady)) if steady else (total_s / max(steps, 1))
+def _plan_runtime(model, width: int, height: int, fields: dict[str, Any]) -> None:
+    """offload=auto: re-plan for this workload on this GPU (the loader planned for the official size)."""
+    if not getattr(model, "wanmeter_auto_offload", False):
+        return
+    from . import estimate_adapter as ea
+
+    offload, blocks = ea.auto_offload(model.variant, getattr(model, "wanmeter_weight_dtype", "bf16"),
+                                      width=width, height=height, frames=int(fields["frames"]),
+                                      steps=int(fields["steps"]), batch=int(fields["batch_size"]))
+    rt = model.runtime
+    if (rt.offload, rt.blocks_to_stream) != (offload, blocks):
+        from dataclasses import replace
+
+        model.set_runtime(replace(rt, offload=offload, blocks_to_stream=blocks))
+
+
+def _stats(st) -> dict:
+    """The engine's SampleStats as the frontend reads them (ui.wanmeter_stats)."""
+    cuda = st.memory_kind.startswith("cuda")
+    name = st.device
+    if cuda:
+        import torch
+
+        name = torch.cuda.get_device_name(torch.device(st.device))
     return {
-        "seconds_per_step": round(per_step, 4),
-        "first_step_seconds": round((ticks[0] - t0) if ticks else total_s, 4),
-        "total_seconds": round(total_s, 3),
-        "steps": len(ticks) or steps,
-        "peak_vram_gib": None if peak_bytes is None else round(peak_bytes / 1024**3, 3),
-        "device": device,
+        "seconds_per_step": round(st.seconds_per_step, 4),
+        "first_step_seconds": round(st.step_seconds[0], 4) if st.step_seconds else None,
+        "total_seconds": round(st.total_seconds, 3),
+        "steps": st.steps_done,
+        "swaps": st.swaps,
+        "peak_vram_gib": round(st.peak_memory_bytes / 1024**3, 3) if cuda else None,
+        "peak_ram_gib": None if cuda else round(st.peak_memory_bytes / 1024**3, 3),
+        "device": name,
     }
 
 

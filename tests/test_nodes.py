@@ -215,8 +215,9 @@ def test_sampler_progress_interrupt_and_stats(pack, monkeypatch):
     def fake_run(model, pos, neg, fields, callback):
         seen.update(fields, pos=pos.shape, neg=neg.shape)
         for i in range(fields["steps"]):
-            callback(i, fields["steps"], None)
-        return torch.zeros(fields["batch_size"], 16, 3, 4, 4)
+            callback(i + 1, fields["steps"], None)
+        return torch.zeros(fields["batch_size"], 16, 3, 4, 4), {"seconds_per_step": 0.1, "total_seconds": 0.3,
+                                                                "steps": 3, "peak_vram_gib": None, "device": "cpu"}
 
     monkeypatch.setattr(samp_mod, "_run", fake_run)
     node = pack.NODE_CLASS_MAPPINGS["WanMeterSampler"]()
@@ -225,7 +226,7 @@ def test_sampler_progress_interrupt_and_stats(pack, monkeypatch):
     assert out["result"][0]["samples"].shape == (2, 16, 3, 4, 4)
     assert seen["pos"] == (2, 512, 4096) and seen["boundary"] is None
     stats = out["ui"]["wanmeter_stats"][0]
-    assert stats["steps"] == 3 and stats["peak_vram_gib"] is None and stats["seconds_per_step"] >= 0
+    assert stats["steps"] == 3 and "0.10 s/step" in out["ui"]["text"][0]
     pbar = sys.modules["comfy.utils"].ProgressBar.instances[-1]
     assert pbar.node_id == "5" and pbar.updates[-1] == (3, 3)
 
@@ -303,3 +304,74 @@ def test_estimator_node_runs_from_the_prompt(pack):
     assert "L40S" in out["ui"]["text"][0]
     out = node.run("auto", 0.0, 100, 0.0, prompt={}, unique_id="9")
     assert "nothing to estimate" in out["ui"]["wanmeter_estimate"][0]["error"]
+
+
+@pytest.fixture()
+def tiny_models(models_dir):
+    from wanmeter.tiny import ensure_tiny_models
+
+    names = ["dit_t2v_high", "dit_t2v_low", "dit_i2v_high", "dit_i2v_low", "dit_ti2v", "umt5_fp16", "vae_wan21", "vae_wan22"]
+    paths = ensure_tiny_models(names=names)
+    folder = {"dit": "diffusion_models", "umt5": "text_encoders", "vae": "vae"}
+    out = {}
+    for n, p in paths.items():
+        dst = models_dir / folder[n.split("_")[0]] / p.name
+        dst.symlink_to(p)
+        out[n] = p.name
+    return out
+
+
+def _chain(pack, tiny, high, low, vae_name, *, width, height, frames, start_image=None, steps=2):
+    m = pack.NODE_CLASS_MAPPINGS
+    (model,) = m["WanMeterModelLoader"]().load(tiny[high], "bf16", "bf16", "auto", 0, "sdpa",
+                                                model_low_noise=tiny[low] if low else "none")
+    (te,) = m["WanMeterTextEncoderLoader"]().load(tiny["umt5_fp16"], "gpu", "fp32")
+    pos, neg = m["WanMeterTextEncode"]().encode(te, "a fox in the snow", "blurry")
+    (vae,) = m["WanMeterVAELoader"]().load(tiny[vae_name], False, "fp32")
+    out = m["WanMeterSampler"]().sample(model, pos, neg, width, height, frames, steps, 4.0, 3.0, 5.0, 1, 1, "unipc",
+                                        0.0, 1.0, start_image=start_image, vae=vae if start_image is not None else None)
+    (images,) = m["WanMeterVAEDecode"]().decode(out["result"][0], vae, "auto")
+    return pos, out, images, (model, pos, neg, vae)
+
+
+def test_tiny_t2v_chain_through_the_nodes(pack, tiny_models):
+    mm = sys.modules["comfy.model_management"]
+    pos, out, images, (model, _, neg, _) = _chain(pack, tiny_models, "dit_t2v_high", "dit_t2v_low", "vae_wan21",
+                                                  width=64, height=48, frames=5)
+    assert isinstance(pos, list) and pos[0][0].shape[:2] == (1, 512) and pos[0][1] == {}
+    lat = out["result"][0]["samples"]
+    assert lat.shape == (1, 16, 2, 6, 8) and torch.isfinite(lat).all()
+    assert images.shape == (5, 48, 64, 3) and 0 <= images.min() and images.max() <= 1
+    stats = out["ui"]["wanmeter_stats"][0]
+    assert stats["steps"] == 2 and stats["device"] == "cpu" and stats["seconds_per_step"] > 0
+    assert "unload_all_models" in mm.calls and "soft_empty_cache" in mm.calls
+    pbar = sys.modules["comfy.utils"].ProgressBar.instances[-1]
+    assert pbar.updates[-1] == (2, 2)
+    # same seed -> same latent (the node adds no randomness of its own)
+    out2 = pack.NODE_CLASS_MAPPINGS["WanMeterSampler"]().sample(model, pos, neg, 64, 48, 5, 2, 4.0, 3.0, 5.0, 1, 1,
+                                                                 "unipc", 0.0, 1.0)
+    assert torch.equal(out2["result"][0]["samples"], lat)
+
+
+def test_tiny_i2v_and_ti2v_image_mode(pack, tiny_models):
+    img = torch.rand(1, 90, 120, 3)
+    _, out, images, (model, pos, neg, _) = _chain(pack, tiny_models, "dit_i2v_high", "dit_i2v_low", "vae_wan21",
+                                                  width=64, height=48, frames=5, start_image=img)
+    # the image's 4:3 aspect at the 64x48 area: 64x48 stays (multiples of 16)
+    assert out["result"][0]["samples"].shape == (1, 16, 2, 6, 8) and images.shape == (5, 48, 64, 3)
+    with pytest.raises(pack.nodes.common.WanMeterError, match="needs a start image"):
+        pack.NODE_CLASS_MAPPINGS["WanMeterSampler"]().sample(model, pos, neg, 64, 48, 5, 2, 4.0, 3.0, 5.0, 1, 1,
+                                                             "unipc", 0.0, 1.0)
+    _, out, images, _ = _chain(pack, tiny_models, "dit_ti2v", None, "vae_wan22", width=64, height=64, frames=5,
+                               start_image=img)
+    # TI2V: a 4:3 image at the 64x64 area, sides multiples of 32: 64x64 is the closest aspect (128x32 the other)
+    assert out["result"][0]["samples"].shape == (1, 48, 2, 4, 4) and images.shape == (5, 64, 64, 3)
+
+
+def test_start_image_sizes(pack):
+    ic = importlib.import_module(stubs.PACK + ".nodes.image_cond")
+    assert ic.i2v_size(1280, 720, 1280 * 720) == (1280, 720)
+    assert ic.i2v_size(720, 1280, 1280 * 720) == (720, 1280)
+    assert ic.i2v_size(1000, 1000, 832 * 480) == (624, 624)
+    assert ic.ti2v_size(1280, 720, 1280 * 704) == (1248, 704)  # the official TI2V rule for a 16:9 image
+    assert ic.ti2v_size(704, 1280, 1280 * 704) == (704, 1280)
