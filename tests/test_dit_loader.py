@@ -227,7 +227,7 @@ def test_vae_and_text_encoder_files(tmp_path):
         load_dit(lora)
 
 
-def test_gguf_is_inspected_but_not_loaded(tmp_path):
+def test_gguf_is_inspected_and_loads(tmp_path):
     paths = ensure_tiny_models(names=["dit_t2v_high_q8_0", "dit_ti2v_q4_0"])
     for name, variant, qtype in (("dit_t2v_high_q8_0", "t2v_a14b", "Q8_0"), ("dit_ti2v_q4_0", "ti2v_5b", "Q4_0")):
         info = inspect_dit(paths[name])
@@ -235,8 +235,8 @@ def test_gguf_is_inspected_but_not_loaded(tmp_path):
         assert info.config == tiny_dit_config(variant)
         assert info.tensors["patch_embedding.weight"].shape == (256, tiny_dit_config(variant)["in_channels"], 1, 2, 2)
         assert info.param_count == sum(p.numel() for p in tiny_reference_model(variant, None if variant == "ti2v_5b" else "high").parameters())
-    with pytest.raises(WanMeterError, match="GGUF.*cannot load GGUF weights yet.*safetensors"):
-        load_dit(paths["dit_t2v_high_q8_0"])
+    loaded = load_dit(paths["dit_t2v_high_q8_0"])  # GGUF loading: tests/test_gguf_loader.py
+    assert loaded.model.blocks[0].attn1.to_q.weight.dtype == torch.uint8
     bad = tmp_path / "wan2.2_t2v_high_noise_14B_Q4_K_M.gguf"
     bad.write_bytes(b"GGUF" + b"\x00" * 64)
     with pytest.raises(WanMeterError, match="not a readable GGUF file.*download it again"):

@@ -150,10 +150,11 @@ def load_dit(path: str | os.PathLike | DiTInfo, *, weight_dtype: str | torch.dty
     Raises WanMeterError for foreign files, missing/unexpected tensors and S2V (see wanmeter.s2v).
     """
     info = path if isinstance(path, DiTInfo) else inspect_dit(path)
-    if info.layout == "gguf":
-        raise WanMeterError(
-            f"{info.path.name} is a GGUF model ({info.dtype}). WanMeter can estimate it but cannot load GGUF "
-            "weights yet: use a .safetensors release (fp8_scaled needs about the same memory as Q8_0).")
+    if info.layout == "gguf":  # weights stay quantized; weight_dtype only picks the compute dtype
+        from .gguf_loader import load_gguf_dit
+
+        wd = None if str(weight_dtype).startswith(("fp8", "torch.float8")) else weight_dtype
+        return load_gguf_dit(info, compute_dtype=compute_dtype or wd, device=device)
     if info.variant == "s2v_14b":
         raise WanMeterError(
             f"{info.path.name} is Wan2.2 S2V-14B; diffusers has no S2V transformer, so it is loaded by "

@@ -59,6 +59,13 @@ def apply_precision(model: nn.Module, compute: torch.dtype | None) -> torch.dtyp
     is upcast just for its matmul) unless the loader already installed it; float weights of
     another dtype are cast once.
     """
+    q_compute = getattr(getattr(model, "hf_quantizer", None), "compute_dtype", None)
+    if getattr(model, "is_quantized", False) and q_compute is not None:
+        # GGUF: weights stay quantized and are dequantized per layer to the loader's compute dtype
+        if compute not in (None, q_compute):
+            raise WanMeterError(f"This GGUF model computes in {str(q_compute).replace('torch.', '')} (set when it was "
+                                "loaded); leave compute_dtype empty or load it with that compute dtype.")
+        return q_compute
     wd = weights_dtype(model)
     if wd in _FP8:
         compute = compute or torch.bfloat16
