@@ -65,7 +65,11 @@ def resolve_attention(name: str, device: torch.device) -> str:
 
 def apply_attention(model: torch.nn.Module, name: str, device: torch.device) -> str:
     """Set the attention backend of a diffusers model; returns the diffusers name applied."""
+    from diffusers.utils import logging as dlogging
+
     backend = resolve_attention(name, device)
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()  # silence "attention backends are experimental" on every call
     try:
         model.set_attention_backend(backend)
     except (RuntimeError, ValueError, ImportError) as e:
@@ -73,4 +77,6 @@ def apply_attention(model: torch.nn.Module, name: str, device: torch.device) -> 
             f"attention={name!r} (diffusers backend {backend!r}) cannot run here: {e} "
             "Install the package it names or use attention='auto'."
         ) from e
+    finally:
+        dlogging.set_verbosity(level)
     return backend

@@ -23,10 +23,9 @@ def _vae_constants(vae: Any) -> tuple[list[float] | None, list[float] | None]:
     for obj in (vae, getattr(vae, "model", None), getattr(vae, "vae", None)):
         if obj is None:
             continue
-        mean, std = getattr(obj, "latents_mean", None), getattr(obj, "latents_std", None)
-        if mean is None and hasattr(obj, "config"):
-            mean = getattr(obj.config, "latents_mean", None)
-            std = getattr(obj.config, "latents_std", None)
+        cfg = getattr(obj, "config", None)  # diffusers models: read the config, not the deprecated attribute
+        src = cfg if cfg is not None and getattr(cfg, "latents_mean", None) is not None else obj
+        mean, std = getattr(src, "latents_mean", None), getattr(src, "latents_std", None)
         if mean is not None and std is not None:
             return [float(x) for x in mean], [float(x) for x in std]
     return None, None
