@@ -124,6 +124,10 @@ def _load_bundle(info, high_path: str, low_path: str | None, *, weight_dtype: st
     from ..wanmeter.sampler import WanModelBundle
     from . import estimate_adapter as ea
 
+    if info.variant == "s2v_14b":  # no diffusers S2V model: the S2V loader, whole model on the device
+        from ..wanmeter.s2v.loader import load_s2v
+
+        return load_s2v(info, weight_dtype=weight_dtype, compute_dtype=compute_dtype, device=device)
     auto = offload == "auto"
     if device.type == "cpu":
         offload, blocks_to_stream = "none", 0  # ComfyUI --cpu: everything stays in RAM
