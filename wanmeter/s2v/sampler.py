@@ -161,7 +161,8 @@ def sample_s2v(
     neg = negative.to(dev, dtype)
     ref_lat = _encode(vae, ref).to(dev, dtype)
     history = torch.full((MOTION_FRAMES, height, width, 3), 0.5)  # zeros in [-1, 1]
-    motion_lat = _encode(vae, history).to(dev, dtype)
+    # clip 0 ignores the (all-grey) history when drop_first_motion is on: skip that VAE pass
+    motion_lat = None if drop_first_motion else _encode(vae, history).to(dev, dtype)
     poses = _pose_latents(vae, pose_video[..., :3], n_clips, cf, height, width) if pose_video is not None else None
 
     out: list[torch.Tensor] = []
