@@ -166,9 +166,13 @@ def generate_from_files(*, dit: Sequence[str | Path], text_encoder: str | Path, 
     from .loader.text_encoder import load_text_encoder
     from .loader.vae_loader import load_vae
 
+    from .loader import inspect_dit
+    from .sampler.request import check_request
+
     runtime = runtime or RuntimeOptions()
     runtime.validate()
     device = runtime.torch_device()
+    check_request(variant_name or inspect_dit(dit[0]).variant, req)  # before loading anything
     reports: list[StageReport] = []
     te_dev = torch.device(device if text_encoder_device == "auto" else text_encoder_device)
 

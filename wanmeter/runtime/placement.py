@@ -44,12 +44,14 @@ def weights_dtype(model: nn.Module) -> torch.dtype:
     return max(counts, key=counts.get)
 
 
-def _has_layerwise_casting(model: nn.Module) -> bool:
+def _layerwise_compute_dtype(model: nn.Module) -> torch.dtype | None:
+    """The compute dtype of diffusers' layerwise-casting hooks already on `model`, if any."""
     for m in model.modules():
         reg = getattr(m, "_diffusers_hook", None)
-        if reg is not None and reg.get_hook("layerwise_casting") is not None:
-            return True
-    return False
+        hook = reg.get_hook("layerwise_casting") if reg is not None else None
+        if hook is not None:
+            return hook.compute_dtype
+    return None
 
 
 def apply_precision(model: nn.Module, compute: torch.dtype | None) -> torch.dtype:
@@ -68,9 +70,16 @@ def apply_precision(model: nn.Module, compute: torch.dtype | None) -> torch.dtyp
         return q_compute
     wd = weights_dtype(model)
     if wd in _FP8:
+        hooked = _layerwise_compute_dtype(model)
+        if hooked is not None:
+            if compute is not None and compute != hooked:
+                raise WanMeterError(
+                    f"This DiT was loaded to compute in {str(hooked).replace('torch.', '')}; load it again with "
+                    f"compute_dtype={str(compute).replace('torch.', '')} instead of changing it at placement."
+                )
+            return hooked
         compute = compute or torch.bfloat16
-        if not _has_layerwise_casting(model):
-            model.enable_layerwise_casting(storage_dtype=wd, compute_dtype=compute)
+        model.enable_layerwise_casting(storage_dtype=wd, compute_dtype=compute)
         return compute
     if compute is None or compute == wd:
         return wd

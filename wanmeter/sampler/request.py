@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from ..errors import WanMeterError
+from ..variants import vae_family, variant
 from .bundle import WanModelBundle
 
 SCHEDULERS = ("unipc", "euler")
@@ -75,10 +76,12 @@ def _check_batch(name: str, t: torch.Tensor, batch: int) -> None:
         raise WanMeterError(f"{name} has batch {t.shape[0]} but batch_size is {batch}; give 1 or {batch}.")
 
 
-def resolve(bundle: WanModelBundle, req: SampleRequest, positive: torch.Tensor,
-            negative: torch.Tensor | None) -> Resolved:
-    """Validate `req` for `bundle` and fill in the variant defaults."""
-    f, fam = bundle.facts, bundle.vae
+def check_request(variant_name: str, req: SampleRequest) -> None:
+    """The checks that need no model (size, frames, steps, scheduler...): run before loading anything."""
+    _check_basic(variant(variant_name), vae_family(variant(variant_name)["vae"]), req)
+
+
+def _check_basic(f: dict, fam: dict, req: SampleRequest) -> tuple[int, float]:
     label = f["label"]
     mult = int(f["size_multiple"])
     for name, v in (("width", req.width), ("height", req.height)):
@@ -103,6 +106,16 @@ def resolve(bundle: WanModelBundle, req: SampleRequest, positive: torch.Tensor,
     shift = float(req.shift if req.shift is not None else f["default_shift"])
     if shift <= 0:
         raise WanMeterError(f"shift must be positive (got {shift}); {label} defaults to {f['default_shift']}.")
+    return steps, shift
+
+
+def resolve(bundle: WanModelBundle, req: SampleRequest, positive: torch.Tensor,
+            negative: torch.Tensor | None) -> Resolved:
+    """Validate `req` for `bundle` and fill in the variant defaults."""
+    f, fam = bundle.facts, bundle.vae
+    label = f["label"]
+    steps, shift = _check_basic(f, fam, req)
+    st = int(fam["stride_t"])
 
     n_exp = int(f["experts"])
     cfg_in = req.cfg if req.cfg is not None else f["default_cfg"]
