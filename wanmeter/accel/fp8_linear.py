@@ -75,8 +75,9 @@ class Fp8Linear(nn.Module):
     """A drop-in for nn.Linear whose matmul runs in fp8 with rowwise scales.
 
     Built from an existing Linear with `from_linear`; the original bf16 weight is dropped.
-    Call `apply_fast_paths` (or `swap_fp8_linears`) *after* the runtime has set the compute
-    dtype: `model.to(dtype)` would cast the fp8 weight like any floating tensor.
+    The fp8 weight and its scales are buffers, so the runtime's precision logic (which looks at
+    parameters) ignores them; still call `apply_fast_paths` *after* the runtime's placement, since a
+    plain `model.to(dtype)` casts buffers too.
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool, out_dtype: torch.dtype,
@@ -90,8 +91,10 @@ class Fp8Linear(nn.Module):
         self.bias_in_kernel = True   # pass bias to _scaled_mm (bf16 bias, rowwise contract)
         self.use_fast_accum = True   # Hopper fast accumulation, as torchao's fp8 inference does
         self.quantize: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = quantize_rows
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8, device=device), requires_grad=False)
-        self.weight_scale = nn.Parameter(torch.ones(out_features, dtype=torch.float32, device=device), requires_grad=False)
+        # Buffers, not Parameters: the runtime picks the compute dtype from the parameters' dtype and
+        # casts parameters with model.to(dtype); fp8 weights must be invisible to both.
+        self.register_buffer("weight", torch.empty(out_features, in_features, dtype=FP8, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         self.bias = (nn.Parameter(torch.zeros(out_features, dtype=out_dtype, device=device), requires_grad=False)
                      if bias else None)
 
@@ -102,8 +105,8 @@ class Fp8Linear(nn.Module):
         m = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, out_dtype=out_dtype,
                 device=torch.device("meta"), emulate=emulate)
         wq, ws = quantize_weight(w)
-        m.weight = nn.Parameter(wq, requires_grad=False)
-        m.weight_scale = nn.Parameter(ws, requires_grad=False)
+        m.weight = wq
+        m.weight_scale = ws
         if linear.bias is not None:
             m.bias = nn.Parameter(linear.bias.detach().to(out_dtype), requires_grad=False)
         return m
