@@ -123,6 +123,8 @@ def _stream_blocks(model: nn.Module, n: int, device: torch.device, record_stream
             model, onload_device=device, offload_device=_CPU, offload_type="block_level",
             num_blocks_per_group=1, use_stream=use_stream, record_stream=record_stream and use_stream,
         )
+        if use_stream:
+            _drop_pageable_copies(model)
         return set(range(total))
 
     stream = torch.cuda.Stream(device=device) if use_stream else None
@@ -154,7 +156,19 @@ def _stream_blocks(model: nn.Module, n: int, device: torch.device, record_stream
         HookRegistry.check_if_exists_or_initialize(blocks[first - 1]).register_hook(
             _PrefetchTrigger(groups[0]), _PREFETCH_HOOK
         )
+        _drop_pageable_copies(model)
     return set(range(first, total))
+
+
+def _drop_pageable_copies(model: nn.Module) -> None:
+    """diffusers pins a copy of every streamed tensor when a group is built but leaves the parameter
+    on its pageable original until the first offload; point the parameters at the pinned copies now,
+    so host RAM holds the streamed blocks once, not twice (bounded pinned memory, issue: RAM crashes)."""
+    for m in model.modules():
+        reg = getattr(m, "_diffusers_hook", None)
+        hook = reg.get_hook(_GROUP_HOOK) if reg is not None else None
+        if hook is not None and hook.group.offload_leader is m and hook.group.stream is not None:
+            hook.group.offload_()
 
 
 def _remove_streaming(model: nn.Module) -> None:

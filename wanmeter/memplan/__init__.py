@@ -1,0 +1,18 @@
+"""Fitting every variant on small GPUs: the automatic memory plan and its helpers.
+
+Public API:
+    plan_for(workload, free_vram_bytes, free_ram_bytes, gpu, *, source="bf16", base=None) -> AutoPlan
+        the fastest plan that fits (AutoPlan.plan / .estimate / .description); WanMeterError if none
+    apply_plan(plan) -> AppliedPlan   loader kwargs + RuntimeOptions + text encoder / VAE settings
+    weight_candidates(source), describe(plan, estimate, workload)
+    measure_rss(), peak_rss_bytes(), current_rss_bytes(), reset_peak_rss()   system RAM
+    quantize_int8_weight_only(model), torchao_available()                   optional torchao path
+"""
+from .apply import AppliedPlan, apply_plan
+from .auto import AutoPlan, describe, plan_for, weight_candidates
+from .int8 import quantize_int8_weight_only, torchao_available
+from .rss import current_rss_bytes, measure_rss, peak_rss_bytes, release_free_heap, reset_peak_rss
+
+__all__ = ["AutoPlan", "AppliedPlan", "apply_plan", "describe", "plan_for", "weight_candidates",
+           "quantize_int8_weight_only", "torchao_available", "current_rss_bytes", "measure_rss",
+           "peak_rss_bytes", "release_free_heap", "reset_peak_rss"]
