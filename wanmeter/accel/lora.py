@@ -44,7 +44,8 @@ def lora_to_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     (e.g. "blocks.0.attn1.to_q.lora_A.weight"), alpha already folded into A/B."""
     from diffusers.loaders.lora_pipeline import WanLoraLoaderMixin
 
-    sd = dict(state)
+    # copies: diffusers' converter scales some A/B tensors in place (it would alter the caller's dict)
+    sd = {k: v.clone() for k, v in state.items()}
     if not sd:
         raise WanMeterError("The LoRA is empty; pick a Wan2.1/2.2 LoRA file.")
     # official key names without ComfyUI's "diffusion_model." prefix (some kijai exports)
