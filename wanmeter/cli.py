@@ -103,11 +103,11 @@ def _write_outputs(result, out_dir: Path, stem: str, fps: int | None) -> list[Pa
 
 
 def _print_result(result, paths: list[Path], total_s: float) -> None:
-    print(f"  {'stage':<12} {'time':>10}   peak memory")
     print(result.report())
-    print(f"  {'total':<12} {total_s:8.2f} s")
+    print(f"  {'total':<11} {total_s:7.2f} s")
+    _, f, h, w, _ = result.frames.shape
     for p in paths:
-        print(f"wrote {p}")
+        print(f"wrote {p} ({f} frames, {w}x{h}, {result.fps} fps)")
 
 
 # -- demo ------------------------------------------------------------------------------------
@@ -128,9 +128,9 @@ def run_demo(args: argparse.Namespace) -> int:
     image = None
     if name != "t2v_a14b":
         image = _load_image(args.image) if args.image else _demo_image(req.width, req.height)
-    print(f"WanMeter demo: {f['label']} with tiny random weights (the video is noise; the chain is real)")
-    print(f"  {req.width}x{req.height}, {req.frames} frames, {req.steps} steps, {req.scheduler}, "
-          f"device {args.device}, offload {args.offload}")
+    print(f"WanMeter demo: {f['label']} on tiny random weights (the video is noise; every stage is real)")
+    print(f"  {req.width}x{req.height}, {req.frames} frames, {req.steps} steps ({req.scheduler}), "
+          f"{args.device}, offload {args.offload}")
     result = generate_from_files(
         dit=[paths[n] for n in fixtures], text_encoder=paths["umt5_fp16"], vae=paths[f"vae_{f['vae']}"],
         prompt=args.prompt, req=req, image=image, variant_name=name, runtime=_runtime(args), weight_dtype="fp32")

@@ -48,10 +48,16 @@ class GenerationResult:
         return max((s.peak_bytes for s in self.stages), default=0)
 
     def report(self) -> str:
-        rows = [f"  {s.name:<12} {s.seconds:8.2f} s   peak {'VRAM' if s.memory_kind.startswith('cuda') else 'RSS '} "
-                f"{s.peak_bytes / 2**30:6.2f} GiB" for s in self.stages]
-        if self.sample_stats is not None and self.sample_stats.step_seconds:
-            rows.append(f"  ({self.sample_stats.summary()})")
+        """Stage table: time and peak memory (VRAM on CUDA, process RSS on CPU) per stage."""
+        kinds = {s.memory_kind for s in self.stages}
+        label = "peak VRAM" if kinds == {"cuda_max_allocated"} else "peak RAM" if kinds == {"process_rss"} else "peak mem"
+        rows = [f"  {'stage':<11} {'time':>9}  {label:>9}"]
+        for s in self.stages:
+            row = f"  {s.name:<11} {s.seconds:7.2f} s  {s.peak_bytes / 2**30:5.2f} GiB"
+            if s.name == "sample" and self.sample_stats is not None and self.sample_stats.step_seconds:
+                st = self.sample_stats
+                row += f"  ({st.seconds_per_step:.3f} s/step" + (f", {st.swaps} expert swap" if st.swaps else "") + ")"
+            rows.append(row)
         return "\n".join(rows)
 
 
