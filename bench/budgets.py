@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from wanmeter.errors import WanMeterError  # noqa: E402
 from wanmeter.estimator import Workload, detect_gpu_name, get_gpu, load_gpus  # noqa: E402
 from wanmeter.estimator.calibration import load_calibration  # noqa: E402
-from wanmeter.memplan import apply_plan, measure_rss, plan_for  # noqa: E402
+from wanmeter.memplan import apply_plan, free_ram_bytes, measure_rss, plan_for  # noqa: E402
 
 GIB = 1024 ** 3
 VARIANTS = {"a14b": ("t2v_a14b", 832, 480, 81), "ti2v": ("ti2v_5b", 1280, 704, 121)}
@@ -152,17 +152,6 @@ class Env:
             torch.cuda.reset_peak_memory_stats()
 
 
-def free_ram_bytes() -> int:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 64 * GIB
-
-
 def pinned_bytes(models) -> int:
     n = 0
     for m in models:
@@ -189,7 +178,7 @@ def run_one(env: Env, key: str, budget_gb: float | None, source: str, steps: int
     cal = load_calibration()
     budget = None if budget_gb is None else int(budget_gb * GIB)
     free_vram = env.total if budget is None else budget
-    ram = 120 * GIB if env.dry else free_ram_bytes()   # the dry run plans for the GPU machine's RAM
+    ram = 120 * GIB if env.dry else (free_ram_bytes() or 64 * GIB)   # the dry run plans for the GPU machine's RAM
     row: dict = {"variant": variant_name, "budget_gb": budget_gb, "source": source}
     try:
         ap = plan_for(w, free_vram, ram, env.gpu, source=source, cal=cal)

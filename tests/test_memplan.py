@@ -92,3 +92,20 @@ def test_apply_plan_gives_loader_and_runtime_arguments():
 def test_int8_needs_torchao_and_says_how_to_install():
     with pytest.raises(WanMeterError, match="pip install torchao"):
         quantize_int8_weight_only(object())
+
+
+def test_source_of_files_and_free_memory():
+    from wanmeter.loader import inspect_dit
+    from wanmeter.memplan import free_memory, source_of
+    from wanmeter.tiny import ensure_tiny_models
+    from wanmeter.tiny.gguf_dit import gguf_fixture_name
+
+    names = ["dit_ti2v", "dit_ti2v_fp8_scaled", "dit_ti2v_q4_0", gguf_fixture_name("ti2v_5b", "Q5_K_M"),
+             gguf_fixture_name("ti2v_5b", "Q8_0")]
+    p = ensure_tiny_models(names=names)
+    assert [source_of(inspect_dit(p[n])) for n in names] == ["bf16", "fp8_e4m3fn", "Q4_K_M", "Q5_K_M", "Q8_0"]
+    vram, ram, key = free_memory()
+    assert ram is None or ram > 0
+    import torch
+
+    assert (vram is None) == (not torch.cuda.is_available())
