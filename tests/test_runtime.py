@@ -143,3 +143,22 @@ def test_runtime_options_validation(opts, fix):
 def test_too_many_streamed_blocks():
     with pytest.raises(WanMeterError, match="has 2 blocks"):
         Placement([random_dit("ti2v_5b")], RuntimeOptions(device="cpu", offload="blocks", blocks_to_stream=5))
+
+
+def test_step_cache_runs_with_cfg_and_resets_between_videos():
+    """The sampler gives diffusers' cache hooks separate cond/uncond contexts and resets them per video."""
+    pos, neg = _embeds()
+    kw = dict(latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+    req = SampleRequest(64, 64, 5, steps=4, cfg=5.0)
+    plain = sample(WanModelBundle("ti2v_5b", [random_dit("ti2v_5b", seed=8)], **kw), pos, neg, req)
+    opts = RuntimeOptions(device="cpu", step_cache={"kind": "first_block", "threshold": 0.9})
+    b = WanModelBundle("ti2v_5b", [random_dit("ti2v_5b", seed=8)], runtime=opts, **kw)
+    first = sample(b, pos, neg, req)
+    assert b.experts[0].is_cache_enabled and b.placement.fast_paths[0]["cache"] is not None
+    assert not torch.equal(first, plain)  # steps were skipped
+    assert torch.equal(sample(b, pos, neg, req), first)  # no state carried over
+
+
+def test_fast_paths_refused_with_block_streaming():
+    with pytest.raises(WanMeterError, match="offload='blocks'"):
+        RuntimeOptions(offload="blocks", blocks_to_stream=1, compile=True).validate()

@@ -3,7 +3,8 @@
 We only translate our user-facing names into diffusers' `AttentionBackendName` values, check
 that the kernel can run here, and call `model.set_attention_backend`. "auto" prefers cuDNN
 SDPA on Hopper and newer (565-618 TF/s measured on an H200 vs 353-366 for flash SDPA, see
-shared/reference/performance.md), and PyTorch's own SDPA choice elsewhere.
+shared/reference/performance.md) and flash SDPA on Ampere/Ada, following the shared policy in
+wanmeter.accel.attention_policy.
 """
 from __future__ import annotations
 
@@ -37,11 +38,13 @@ def resolve_attention(name: str, device: torch.device) -> str:
     if name not in ATTENTION_CHOICES:
         raise WanMeterError(f"Unknown attention backend {name!r}. Use one of: {', '.join(ATTENTION_CHOICES)}.")
     if name == "auto":
-        if device.type == "cuda":
-            major, _ = torch.cuda.get_device_capability(device)
-            if major >= 9 and torch.backends.cudnn.is_available():
-                return "_native_cudnn"
-        return "native"
+        # one policy for the runtime, the estimator and the bench: wanmeter.accel.attention_policy
+        from ..accel.attention_policy import best_attention_for
+
+        name = best_attention_for(device)
+        if name == "auto":  # defensive: never recurse
+            return "native"
+        return resolve_attention(name, device)
     if name in _CUDA_ONLY and device.type != "cuda":
         raise WanMeterError(
             f"attention={name!r} needs an NVIDIA GPU; on {device.type} use attention='auto' or 'sdpa'."

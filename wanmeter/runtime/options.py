@@ -34,6 +34,10 @@ class RuntimeOptions:
         (bf16 when the weights are stored in fp8).
     record_stream: with "blocks", lets the allocator reuse streamed weights without a
         synchronisation per block (faster, slightly more memory).
+    fp8_compute / compile / step_cache: speed paths of wanmeter.accel (apply_fast_paths), applied
+        to each expert once it is on the device. step_cache is None or
+        {"kind": "first_block" | "taylorseer" | "mag", "threshold": ...}. fp8_compute and compile
+        are not available with offload="blocks" (streamed weights change device every step).
     """
 
     device: str = "auto"
@@ -42,6 +46,9 @@ class RuntimeOptions:
     attention: str = "auto"
     compute_dtype: str | None = None
     record_stream: bool = False
+    fp8_compute: bool = False
+    compile: bool = False
+    step_cache: dict | None = None
 
     def validate(self) -> None:
         if self.offload not in OFFLOAD_MODES:
@@ -57,6 +64,11 @@ class RuntimeOptions:
             raise WanMeterError(
                 f"blocks_to_stream={self.blocks_to_stream} only applies with offload='blocks'; "
                 "set offload='blocks' or blocks_to_stream=0."
+            )
+        if self.offload == "blocks" and (self.fp8_compute or self.compile):
+            raise WanMeterError(
+                "fp8_compute and compile cannot be combined with offload='blocks' (streamed weights move every "
+                "step); use offload='model' or 'none', or turn them off."
             )
         if self.compute_dtype is not None and self.compute_dtype not in _DTYPES:
             raise WanMeterError(

@@ -239,6 +239,8 @@ class Placement:
         self.attention_backend: str | None = None
         self._streamed: dict[int, set[int]] = {}
         self._all_streamed: dict[int, bool] = {}
+        self._fast_done: set[int] = set()
+        self.fast_paths: dict[int, dict] = {}
 
         requested = parse_dtype(options.compute_dtype)
         dtypes = set()
@@ -264,6 +266,20 @@ class Placement:
         self.compute_dtype: torch.dtype = dtypes.pop() if dtypes else torch.float32
         if options.offload == "none":
             self.active = None
+            for i, model in enumerate(self.experts):
+                if model is not None:
+                    self._apply_fast_paths(i)
+
+    def _apply_fast_paths(self, index: int) -> None:
+        """wanmeter.accel speed paths (fp8 compute, step cache, compile), once per expert, on the device."""
+        o = self.options
+        if index in self._fast_done or not (o.fp8_compute or o.compile or o.step_cache):
+            return
+        from ..accel import apply_fast_paths
+
+        self.fast_paths[index] = apply_fast_paths(self.experts[index], fp8_compute=o.fp8_compute,
+                                                  compile=o.compile, cache=o.step_cache)
+        self._fast_done.add(index)
 
     # -- used by the sampler -------------------------------------------------------------
     def activate(self, index: int) -> nn.Module:
@@ -284,6 +300,7 @@ class Placement:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
         self._to(index, self.device)
+        self._apply_fast_paths(index)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         if self.active is not None:

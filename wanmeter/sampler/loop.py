@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from ..accel.step_cache import denoise_context, reset_step_cache
 from . import conditioning
 from .bundle import WanModelBundle
 from .request import SampleRequest, resolve
@@ -95,6 +96,9 @@ def _run(st: dict, bundle: WanModelBundle, r, req: SampleRequest, positive, nega
 
     boundary_t = r.boundary * 1000.0 if r.boundary is not None else None
     scheduler = sch.scheduler
+    for e in bundle.experts:
+        if e is not None:
+            reset_step_cache(e)  # step caches (wanmeter.accel) must not carry state across videos
     for i, t_host in enumerate(sch.timesteps_cpu):
         t0 = time.perf_counter()
         expert = 0 if boundary_t is None or t_host >= boundary_t else 1
@@ -103,11 +107,14 @@ def _run(st: dict, bundle: WanModelBundle, r, req: SampleRequest, positive, nega
         t = sch.timesteps[i]
         st["x_in"] = cond.model_input(st["latents"], dtype)
         st["ts"] = cond.timestep(t, b)
-        st["pred"] = model(hidden_states=st["x_in"], timestep=st["ts"], encoder_hidden_states=st["pos"],
-                           return_dict=False)[0].float()
+        ctx = dict(step_index=i, num_inference_steps=r.steps, timestep=t)
+        with denoise_context(model, "cond", **ctx):
+            st["pred"] = model(hidden_states=st["x_in"], timestep=st["ts"], encoder_hidden_states=st["pos"],
+                               return_dict=False)[0].float()
         if guidance != 1.0:
-            st["uncond"] = model(hidden_states=st["x_in"], timestep=st["ts"], encoder_hidden_states=st["neg"],
-                                 return_dict=False)[0].float()
+            with denoise_context(model, "uncond", **ctx):
+                st["uncond"] = model(hidden_states=st["x_in"], timestep=st["ts"], encoder_hidden_states=st["neg"],
+                                     return_dict=False)[0].float()
             st["pred"] = st["uncond"] + guidance * (st["pred"] - st["uncond"])
             st["uncond"] = None
         st["x_in"] = None
