@@ -62,7 +62,7 @@ def run_variant(v: str, args, device: torch.device, size: str) -> dict:
     build_s = time.perf_counter() - t0
     params = sum(p.numel() for p in experts[0].parameters())
     runtime = RuntimeOptions(device=str(device), offload=offload, attention=args.attention,
-                             blocks_to_stream=args.blocks_to_stream if offload == "blocks" else 0)
+                             blocks_to_stream=min(args.blocks_to_stream, len(experts[0].blocks)) if offload == "blocks" else 0)
     mean = fam["latents_mean"] or [0.0] * int(fam["z_dim"])
     std = fam["latents_std"] or [1.0] * int(fam["z_dim"])
     bundle = WanModelBundle(v, experts, runtime=runtime, latents_mean=mean, latents_std=std)
