@@ -238,9 +238,17 @@ def run_one(env: Env, key: str, budget_gb: float | None, source: str, steps: int
         except torch.cuda.OutOfMemoryError as oom:
             status = "OOM"
             row["error"] = str(oom).splitlines()[0]
+        except Exception as ex:  # keep going: one failing plan must not hide the other budgets
+            status = "error"
+            row["error"] = f"{type(ex).__name__}: {str(ex).splitlines()[0] if str(ex) else ''}"
         alloc = torch.cuda.max_memory_allocated() if not env.dry else 0
         reserved = torch.cuda.max_memory_reserved() if not env.dry else 0
         row["pinned_host_gib"] = round(pinned_bytes(experts) / GIB, 2)
+        if not env.dry and hasattr(torch.cuda, "host_memory_stats"):
+            # what the caching host allocator really holds: it rounds every pinned tensor up to a power of two
+            hs = torch.cuda.host_memory_stats()
+            row["pinned_allocator_gib"] = round(hs.get("allocated_bytes.current", 0) / GIB, 2)
+            row["pinned_allocator_peak_gib"] = round(hs.get("allocated_bytes.peak", 0) / GIB, 2)
     env.set_budget(None)
     row["peak_rss_gib"] = round(rss.peak_bytes / GIB, 2)
     row["status"] = status
@@ -261,6 +269,8 @@ def run_one(env: Env, key: str, budget_gb: float | None, source: str, steps: int
     gc.collect()
     if not env.dry:
         torch.cuda.empty_cache()
+        if hasattr(torch._C, "_host_emptyCache"):
+            torch._C._host_emptyCache()    # give the pinned blocks back, or the next run's RAM is not its own
     return row
 
 
