@@ -169,7 +169,8 @@ def _boundary_between_steps(variant_name: str, shift: float) -> float | None:
     return float(ts[0] + ts[1]) / 2000.0
 
 
-def run_one(env: Env, key: str, budget_gb: float | None, source: str, steps: int) -> dict:
+def run_one(env: Env, key: str, budget_gb: float | None, source: str, steps: int,
+            ram_gb: float | None = None) -> dict:
     """Plan for the budget, build, place, warm up, run `steps` sampler steps, measure."""
     from wanmeter.sampler import SampleRequest, SampleStats, WanModelBundle, sample
 
@@ -178,7 +179,10 @@ def run_one(env: Env, key: str, budget_gb: float | None, source: str, steps: int
     cal = load_calibration()
     budget = None if budget_gb is None else int(budget_gb * GIB)
     free_vram = env.total if budget is None else budget
-    ram = 120 * GIB if env.dry else (free_ram_bytes() or 64 * GIB)   # the dry run plans for the GPU machine's RAM
+    if ram_gb is not None:
+        ram = int(ram_gb * GIB)           # plan as for a user's machine with this much free RAM
+    else:
+        ram = 120 * GIB if env.dry else (free_ram_bytes() or 64 * GIB)   # the dry run plans for the GPU machine's RAM
     row: dict = {"variant": variant_name, "budget_gb": budget_gb, "source": source}
     try:
         ap = plan_for(w, free_vram, ram, env.gpu, source=source, cal=cal)
@@ -193,7 +197,9 @@ def run_one(env: Env, key: str, budget_gb: float | None, source: str, steps: int
                predicted_peak_gib=round(e.vram_peak_gib, 3), predicted_peak_phase=e.vram_peak_phase,
                predicted_sampling_tensors_gib=round(samp_tensors, 3),
                predicted_sampling_peak_gib=round(samp_tensors * (1 + frag) + ctx_cal, 3),
-               predicted_ram_gib=round(e.ram_gib, 2), predicted_s_per_step=None)
+               predicted_ram_gib=round(e.ram_gib, 2), predicted_s_per_step=None,
+               predicted_ram_dit_gib=round(sum(v for k, v in e.ram_breakdown.items()
+                                               if not k.startswith(("text encoder", "VAE"))), 2))
     fwd_per_step = [2 if c > 1.0 else 1 for c in w.cfg]
     row["predicted_s_per_step"] = round(e.denoise_s / w.steps, 3)
     applied = apply_plan(ap.plan)
@@ -251,6 +257,9 @@ def run_one(env: Env, key: str, budget_gb: float | None, source: str, steps: int
             row["pinned_allocator_peak_gib"] = round(hs.get("allocated_bytes.peak", 0) / GIB, 2)
     env.set_budget(None)
     row["peak_rss_gib"] = round(rss.peak_bytes / GIB, 2)
+    row["ram_planned_for_gib"] = round(ram / GIB, 1)
+    if not env.dry:   # the estimator's RAM model (DiT + process terms; no text encoder/VAE here) vs peak RSS
+        row["ram_error"] = round(row["predicted_ram_dit_gib"] / max(row["peak_rss_gib"], 1e-9) - 1.0, 3)
     row["status"] = status
     if status == "ok":
         compute_s = sum(stats.step_seconds) - stats.swap_seconds
@@ -333,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", default="bf16", help="weight format of the user's files: bf16 (plans may pick fp8) "
                     "or a GGUF type (Q4_K_M, Q5_K_M, Q6_K, Q8_0: simulated quantized weights)")
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--ram-gb", type=float, default=None, help="plan for this much free system RAM (GiB) instead "
+                    "of what this machine has (e.g. 32 or 64, as on a typical 8-16 GB-GPU desktop)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the unconstrained run (no slowdowns then)")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny models")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or bench/results)")
@@ -348,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in keys:
         for b in ([] if args.no_baseline else [None]) + budgets:
             t = time.perf_counter()
-            r = run_one(env, key, b, args.source, args.steps)
+            r = run_one(env, key, b, args.source, args.steps, args.ram_gb)
             r["wall_s"] = round(time.perf_counter() - t, 1)
             rows.append(r)
             print(f"[{time.perf_counter() - t0:6.1f} s] {key} {b if b is not None else 'unconstrained'}: "
