@@ -80,8 +80,11 @@ def test_estimate_reply_shape_and_auto_offload():
 def test_workflows_parse(wf):
     w, p, s = workload_from_ui_workflow(json.loads(wf.read_text()))
     data = json.loads(wf.read_text())
-    sampler = next(n for n in data["nodes"] if n["type"] == "WanMeterSampler")
-    assert (w.width, w.height, w.frames, w.steps) == tuple(sampler["widgets_values"][:4])
+    sampler = next(n for n in data["nodes"] if n["type"] in ("WanMeterSampler", "WanMeterS2VSampler"))
+    if sampler["type"] == "WanMeterSampler":
+        assert (w.width, w.height, w.frames, w.steps) == tuple(sampler["widgets_values"][:4])
+    else:  # S2V: frames come in clips of 80
+        assert (w.width, w.height, w.steps) == tuple(sampler["widgets_values"][:3])
     assert w.variant in wf.name
 
 
@@ -107,8 +110,11 @@ def test_widget_table_matches_node_definitions(monkeypatch, tmp_path):
             spec_ = cls.INPUT_TYPES()
             declared = [k for part in ("required", "optional") for k, v in spec_.get(part, {}).items()
                         if isinstance(v[0], list) or v[0] in widget_types]
-            ours = [{"text_encoder_device": "device", "text_encoder_dtype": "dtype", "vae_tiled": "tiled",
-                     "vae_dtype": "dtype"}.get(n, n) for n in names]
+            alias = {"text_encoder_device": "device", "text_encoder_dtype": "dtype", "vae_tiled": "tiled",
+                     "vae_dtype": "dtype", "audio_device": "device", "s2v_clips": "clips"}
+            if node_type == "WanMeterS2VSampler":
+                alias["cfg_high"] = "cfg"
+            ours = [alias.get(n, n) for n in names]
             assert ours == declared, node_type
     finally:
         for k in [k for k in sys.modules if k == stubs.PACK or k.startswith(stubs.PACK + ".")]:

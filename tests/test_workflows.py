@@ -17,7 +17,7 @@ WORKFLOWS = sorted(WF.glob("*.json"))
 OURS = {"wan22_t2v_a14b.json", "wan22_i2v_a14b.json", "wan22_ti2v_5b.json"}
 
 # Native ComfyUI nodes the workflows use, with their widget count (ComfyUI 0.3.64).
-NATIVE_WIDGETS = {"CreateVideo": 1, "SaveVideo": 3, "LoadImage": 2}
+NATIVE_WIDGETS = {"CreateVideo": 1, "SaveVideo": 3, "LoadImage": 2, "LoadAudio": 3}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
@@ -119,7 +119,7 @@ def _check_values(t: str, spec: dict, values: list) -> None:
             if name in ("seed", "noise_seed"):
                 assert next(it) in ("fixed", "increment", "decrement", "randomize")
             if isinstance(typ, list):
-                if name not in ("model", "model_low_noise", "text_encoder", "vae"):  # file lists are machine-specific
+                if name not in ("model", "model_low_noise", "text_encoder", "vae", "audio_encoder"):  # file lists are machine-specific
                     assert v in typ, f"{t}.{name}={v!r} not in {typ}"
             elif typ in ("INT", "FLOAT"):
                 assert opts.get("min", -1e30) <= v <= opts.get("max", 1e30), f"{t}.{name}={v}"

@@ -159,9 +159,11 @@ WIDGETS: dict[str, tuple[str, ...]] = {
                         "scheduler", "boundary", "denoise"),
     "WanMeterVAEDecode": ("tiled",),
     "WanMeterEstimator": ("gpu", "price_per_hour", "videos_per_month", "budget_gb"),
+    "WanMeterS2VAudio": ("audio_encoder", "audio_scale", "audio_device", "s2v_clips"),
+    "WanMeterS2VSampler": ("width", "height", "steps", "cfg_high", "shift", "seed", "drop_first_motion"),
 }
 SEED_CONTROL = ("fixed", "increment", "decrement", "randomize")
-_IGNORED = {"seed", "scheduler", "denoise", "tiled"}
+_IGNORED = {"seed", "scheduler", "denoise", "tiled", "audio_encoder", "audio_scale", "audio_device", "drop_first_motion"}
 
 
 def _widget_values(node: dict[str, Any]) -> dict[str, Any]:
@@ -210,7 +212,7 @@ def workload_from_ui_workflow(workflow: dict[str, Any] | str, variant: str | Non
     if variant is None:
         variant = _variant_from_name(str(settings.get("model", "")))
     settings["variant"] = variant
-    for k in ("price_per_hour", "budget_gb"):
+    for k in ("price_per_hour", "budget_gb", "s2v_clips"):  # 0 = automatic / this GPU's default
         if settings.get(k) in (0, 0.0):
             settings.pop(k)
     for k in ("model", "model_low_noise", "text_encoder", "vae"):
