@@ -43,7 +43,12 @@ function textWidget(node, name) {
   if (!w) {
     w = ComfyWidgets.STRING(node, name, ["STRING", { multiline: true }], app).widget;
     if (w.element) w.element.readOnly = true;
-    w.serialize = false; // display only: stays out of the saved widgets_values and the prompt
+    // Display only. `serialize` keeps it out of the saved widgets_values; `options.serialize` keeps it
+    // out of the API prompt (the frontend's graphToPrompt checks only that one). In the prompt the
+    // text would change the node's cache key after every run and re-run the sampler for nothing.
+    w.serialize = false;
+    if (w.options) w.options.serialize = false;
+    else w.options = { serialize: false };
   }
   return w;
 }
@@ -160,17 +165,24 @@ app.registerExtension({
           ctx.font = "12px sans-serif";
           const text = `does not fit: ${this.wanmeterWarning}`;
           const maxW = this.size[0] - 12;
+          const lines = [];
           let line = "";
-          let y = this.size[1] + 16;
           for (const word of text.split(" ")) {
             if (ctx.measureText(line + word).width > maxW && line) {
-              ctx.fillText(line, 6, y);
+              lines.push(line);
               line = "";
-              y += 14;
             }
             line += word + " ";
           }
-          ctx.fillText(line, 6, y);
+          lines.push(line);
+          // Above the title bar, not below the node: the nodes under a loader (the bundled
+          // workflows stack the text encoder and VAE loaders there) are drawn over that space.
+          const titleH = (globalThis.LiteGraph && LiteGraph.NODE_TITLE_HEIGHT) || 30;
+          let y = -titleH - 6 - 14 * (lines.length - 1);
+          for (const l of lines) {
+            ctx.fillText(l, 6, y);
+            y += 14;
+          }
           ctx.restore();
         }
         return r;

@@ -1,0 +1,147 @@
+"""The bundled workflows in a real ComfyUI frontend: drag-and-drop, the template browser, the
+live estimate on the WanMeter Estimator node, and our nodes in the node search."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
+IDS = [p.stem for p in WORKFLOWS]
+
+
+def _has_estimator(wf: dict) -> bool:
+    return any(n["type"] == "WanMeterEstimator" for n in wf["nodes"])
+
+
+def _check_estimate(ui, wf: dict) -> str | None:
+    if not _has_estimator(wf):
+        return None
+    text = ui.wait_estimate()
+    assert "cannot estimate" not in text, text
+    sampler = next(n for n in wf["nodes"] if n["type"] == "WanMeterSampler")
+    w, h = sampler["widgets_values"][:2]
+    assert f"{w}x{h}" in text, text
+    assert re.search(r"Peak VRAM: [\d.]+ GiB", text) and "Time per video:" in text and "Cost:" in text, text
+    return text
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=IDS)
+def test_workflow_loads_by_drag_and_drop(ui, path):
+    wf = json.loads(path.read_text(encoding="utf-8"))
+    ui.drop_file(path)
+    ui.wait_for_graph(wf)
+    assert ui.graph_problems(wf) == []
+    _check_estimate(ui, wf)
+    ui.show_graph()
+    ui.screenshot(f"{path.stem}.png")
+    if _has_estimator(wf):  # the estimate up close, readable (docs/img/estimate_t2v.png is one of these)
+        ui.show_graph(scale=1.2, left_of="WanMeterSampler")
+        s, e = ui.node_box("WanMeterSampler"), ui.node_box("WanMeterEstimator")
+        x0, y0 = s["x"] - 10, min(s["y"], e["y"]) - 30
+        clip = {"x": x0, "y": y0, "width": e["x"] + e["width"] + 10 - x0,
+                "height": max(s["y"] + s["height"], e["y"] + e["height"]) + 10 - y0}
+        ui.screenshot(f"{path.stem}_estimate.png", clip=clip)
+    ui.console.check()
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=IDS)
+def test_workflow_opens_from_template_browser(ui, path):
+    wf = json.loads(path.read_text(encoding="utf-8"))
+    ui.open_template(path.stem)
+    ui.wait_for_graph(wf)
+    assert ui.graph_problems(wf) == []
+    _check_estimate(ui, wf)
+    ui.console.check()
+
+
+def test_estimate_follows_steps_and_size(ui):
+    path = next(p for p in WORKFLOWS if p.stem == "wan22_t2v_a14b")
+    wf = json.loads(path.read_text(encoding="utf-8"))
+    ui.drop_file(path)
+    ui.wait_for_graph(wf)
+    before = ui.wait_estimate(contains="40 steps")
+    assert "1280x720" in before
+
+    ui.set_widget("WanMeterSampler", "steps", 20)
+    after_steps = ui.wait_estimate(contains="20 steps")
+    assert _seconds(after_steps) < _seconds(before), (before, after_steps)
+
+    ui.set_widget("WanMeterSampler", "width", 832)
+    ui.set_widget("WanMeterSampler", "height", 480)
+    after_size = ui.wait_estimate(contains="832x480")
+    assert "20 steps" in after_size
+    assert _seconds(after_size) < _seconds(after_steps), (after_steps, after_size)
+    assert _peak(after_size) <= _peak(after_steps)
+
+    # The estimator's own widgets: another GPU, then a VRAM budget the plan cannot meet.
+    ui.set_widget("WanMeterEstimator", "gpu", "RTX 4090")
+    on_4090 = ui.wait_estimate(contains="GPU: RTX 4090")
+    assert "832x480" in on_4090 and "20 steps" in on_4090
+    ui.set_widget("WanMeterEstimator", "budget_gb", 4.0)
+    tight = ui.wait_estimate(contains="DOES NOT FIT")
+    assert "WARNING" in tight, tight
+    warning = ui.page.evaluate("() => app.graph._nodes.find(n => n.type === 'WanMeterModelLoader').wanmeterWarning")
+    assert warning and "needs" in warning, warning
+    ui.show_graph(top=90)  # room for the loader's warning above its title
+    ui.screenshot("estimate_does_not_fit.png")
+
+    # The display widget stays out of the saved workflow and of the API prompt.
+    saved = ui.page.evaluate("() => app.graph.serialize().nodes.find(n => n.type === 'WanMeterEstimator').widgets_values")
+    assert len(saved) == 4, saved
+    prompt = ui.page.evaluate("() => app.graphToPrompt().then(p => p.output)")
+    est = next(v for v in prompt.values() if v["class_type"] == "WanMeterEstimator")
+    assert "estimate" not in est["inputs"], est
+    ui.console.check()
+
+
+def _seconds(text: str) -> float:
+    m = re.search(r"Time per video: ([^(;\n]+)", text)
+    assert m, text
+    total = 0.0
+    for value, unit in re.findall(r"([\d.]+) (h|min|s)\b", m.group(1)):
+        total += float(value) * {"h": 3600, "min": 60, "s": 1}[unit]
+    return total
+
+
+def _peak(text: str) -> float:
+    return float(re.search(r"Peak VRAM: ([\d.]+) GiB", text).group(1))
+
+
+NODE_SEARCH = {
+    "WanMeterModelLoader": "WanMeter Model Loader",
+    "WanMeterSampler": "WanMeter Sampler",
+    "WanMeterEstimator": "WanMeter Estimator",
+    "WanMeterTextEncode": "WanMeter Text Encode",
+    "WanMeterVAEDecode": "WanMeter VAE Decode",
+}
+
+
+def test_nodes_from_node_search(ui):
+    ui.page.evaluate("() => app.graph.clear()")
+    canvas = ui.page.locator("#graph-canvas").bounding_box()
+    for i, (type_, query) in enumerate(NODE_SEARCH.items()):
+        # Empty spots far enough apart that a new node never lies under the next double-click.
+        x = canvas["x"] + 150 + 450 * (i % 4)
+        y = canvas["y"] + 100 + 500 * (i // 4)
+        assert ui.page.evaluate("([x, y]) => !app.graph.getNodeOnPos(...app.canvas.convertEventToCanvasOffset("
+                                "{clientX: x, clientY: y}))", [x, y]), "the double-click spot is not empty"
+        ui.page.mouse.move(x, y)  # LiteGraph pairs the two clicks by pointer position: hover first
+        ui.page.wait_for_timeout(100)
+        ui.page.mouse.dblclick(x, y)
+        box = ui.page.get_by_placeholder("Search Nodes...")
+        box.wait_for(state="visible", timeout=10_000)
+        box.fill(query)
+        option = ui.page.get_by_role("option").filter(has_text=query).first
+        option.wait_for(state="visible", timeout=10_000)
+        assert "WanMeter" in option.inner_text()
+        option.click()
+        ui.page.wait_for_function("(t) => app.graph._nodes.some(n => n.type === t)", arg=type_, timeout=10_000)
+    types = ui.page.evaluate("() => app.graph._nodes.map(n => n.type)")
+    assert sorted(types) == sorted(NODE_SEARCH), types
+    # The estimator picks up the loader added next to it (its default model, the sampler's defaults).
+    text = ui.wait_estimate()
+    assert "cannot estimate" not in text and "1280x720" in text, text
+    ui.console.check()
