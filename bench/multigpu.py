@@ -154,68 +154,85 @@ def _max_over_ranks(values: list[float], device, world: int) -> list[float]:
     return t.tolist()
 
 
-def _worker(rank: int, name: str, world: int, port: int, conf: dict, out_path: str) -> None:
+def _worker(rank: int, names: list[str], world: int, port: int, conf: dict, out_dir: str) -> None:
+    """Run `names` (schemes of one world size) in turn in this spawn; a fresh model per scheme
+    (diffusers' parallelism is one-shot per model). Rank 0 writes <out_dir>/<scheme>.pt."""
     import torch
     import torch.distributed as dist
 
-    from wanmeter.parallel import build_groups, enable_ulysses, guided_prediction, init_worker
-
     backend = "gloo" if conf["dry"] else "nccl"
     if world > 1:
-        device = init_worker(rank, world, port, backend)
+        from wanmeter.parallel import init_worker
+
+        device = init_worker(rank, world, port, backend, timeout_s=240.0)  # a hang aborts, not eats the budget
     else:
-        device = torch.device("cpu" if conf["dry"] else "cuda", 0 if not conf["dry"] else None)
+        device = torch.device("cpu") if conf["dry"] else torch.device("cuda", 0)
         if device.type == "cuda":
             torch.cuda.set_device(device)
     dtype = torch.float32 if conf["dry"] else torch.bfloat16
     try:
-        t0 = time.perf_counter()
-        model = build_model(conf["model"], device, dtype)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        build_s = time.perf_counter() - t0
-        if world > 1:
-            _check_same_weights(model, device)
-        if name == "fsdp2_mem":
-            res = _fsdp_measure(model, conf, device, dtype, rank, world)
-            res["build_s"] = build_s
-        else:
-            layout = SCHEMES[name]
-            groups = build_groups(layout, device.type)
-            if layout.ulysses > 1:
-                enable_ulysses(model, groups.cp_mesh, layout.ulysses, device.type)
-            x, t, pos, neg = make_inputs(conf, device, dtype)
-            seen: list[int] = []  # tokens each rank's first block sees: proves the sequence was split
-            hook = model.blocks[0].norm1.register_forward_hook(lambda mod, a, out: seen.append(int(out.shape[1])))
+        for name in names:
+            try:
+                res = _one_scheme(name, conf, device, dtype, rank, world)
+            except Exception as e:  # symmetric failures (e.g. a refused config): record, go on
+                traceback.print_exc()
+                res = dict(error=f"{type(e).__name__}: {e}"[-2000:])
+            if rank == 0:
+                torch.save(res, os.path.join(out_dir, f"{name}.pt"))
             if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-
-            def step():
-                with torch.no_grad():
-                    return guided_prediction(model, x, t, pos, neg, conf["guidance"], groups.cfg_group,
-                                             groups.cfg_rank)
-
-            _barrier(dist, world, device)
-            with _Timer(device) as tw:
-                pred = step()
-            times = []
-            for _ in range(conf["reps"]):
-                _barrier(dist, world, device)
-                with _Timer(device) as tm:
-                    pred = step()
-                times.append(tm.seconds)
-            hook.remove()
-            times = _max_over_ranks(times, device, world)
-            peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-            peak = _max_over_ranks([peak], device, world)[0]
-            res = dict(times=times, warmup_s=tw.seconds, build_s=build_s, peak_gib=peak, pred=pred.cpu(),
-                       local_tokens=seen[0])
-        if rank == 0:
-            torch.save(res, out_path)
-        _barrier(dist, world, device)  # nobody tears down while a peer still reads
+                torch.cuda.empty_cache()
+            _barrier(dist, world, device)  # nobody starts the next scheme (or tears down) early
     finally:
         if world > 1:
             dist.destroy_process_group()
+
+
+def _one_scheme(name: str, conf: dict, device, dtype, rank: int, world: int) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    from wanmeter.parallel import build_groups, enable_ulysses, guided_prediction
+
+    t0 = time.perf_counter()
+    model = build_model(conf["model"], device, dtype)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    build_s = time.perf_counter() - t0
+    if world > 1:
+        _check_same_weights(model, device)
+    if name == "fsdp2_mem":
+        res = _fsdp_measure(model, conf, device, dtype, rank, world)
+        res["build_s"] = build_s
+        return res
+    layout = SCHEMES[name]
+    groups = build_groups(layout, device.type)
+    if layout.ulysses > 1:
+        enable_ulysses(model, groups.cp_mesh, layout.ulysses, device.type)
+    x, t, pos, neg = make_inputs(conf, device, dtype)
+    seen: list[int] = []  # tokens each rank's first block sees: proves the sequence was split
+    hook = model.blocks[0].norm1.register_forward_hook(lambda mod, a, out: seen.append(int(out.shape[1])))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step():
+        with torch.no_grad():
+            return guided_prediction(model, x, t, pos, neg, conf["guidance"], groups.cfg_group, groups.cfg_rank)
+
+    _barrier(dist, world, device)
+    with _Timer(device) as tw:
+        pred = step()
+    times = []
+    for _ in range(conf["reps"]):
+        _barrier(dist, world, device)
+        with _Timer(device) as tm:
+            pred = step()
+        times.append(tm.seconds)
+    hook.remove()
+    times = _max_over_ranks(times, device, world)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    peak = _max_over_ranks([peak], device, world)[0]
+    return dict(times=times, warmup_s=tw.seconds, build_s=build_s, peak_gib=peak, pred=pred.cpu(),
+                local_tokens=seen[0])
 
 
 def _fsdp_measure(model, conf, device, dtype, rank, world) -> dict:
@@ -244,18 +261,24 @@ def _fsdp_measure(model, conf, device, dtype, rank, world) -> dict:
                 cond_out=out.float().cpu())
 
 
-def run_scheme(name: str, conf: dict, tmp: str) -> dict:
+def run_group(names: list[str], world: int, conf: dict, tmp: str) -> dict[str, dict]:
+    """One spawn of `world` processes for `names`; returns each scheme's result (or its error)."""
+    import torch
     import torch.multiprocessing as mp
 
-    world = world_of(name)
-    out_path = os.path.join(tmp, f"{name}.pt")
     t0 = time.perf_counter()
-    mp.spawn(_worker, args=(name, world, free_port(), conf, out_path), nprocs=world, join=True)
-    import torch
-
-    res = torch.load(out_path, weights_only=False)
-    res["wall_s"] = time.perf_counter() - t0
-    return res
+    err = None
+    try:
+        mp.spawn(_worker, args=(names, world, free_port(), conf, tmp), nprocs=world, join=True)
+    except Exception as e:  # a crashed or hung worker: the schemes it did not finish get this error
+        traceback.print_exc()
+        err = f"{type(e).__name__}: {e}"[-2000:]
+    out = {}
+    for n in names:
+        path = os.path.join(tmp, f"{n}.pt")
+        out[n] = torch.load(path, weights_only=False) if os.path.exists(path) else dict(error=err or "no result")
+    out["_wall_s"] = time.perf_counter() - t0
+    return out
 
 
 def compare(a, b) -> dict:
@@ -303,39 +326,48 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     results, ref = [], None
+    by_world: dict[int, list[str]] = {}
+    for n in names:
+        by_world.setdefault(world_of(n), []).append(n)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
-            left = args.budget - (time.perf_counter() - start)
-            if not args.dry_run and name != "single" and COST_720P.get(name, 60) * tokens / 75600 > left:
-                results.append(dict(scheme=name, gpus=world_of(name), skipped=f"budget ({left:.0f} s left)"))
-                print(f"  {name}: skipped (budget)", flush=True)
+        for world in sorted(by_world):
+            group, left = [], args.budget - (time.perf_counter() - start)
+            for n in by_world[world]:
+                cost = COST_720P.get(n, 60) * tokens / 75600
+                if args.dry_run or n == "single" or cost <= left:
+                    group.append(n)
+                    left -= cost
+                else:
+                    results.append(dict(scheme=n, gpus=world, skipped=f"budget ({left:.0f} s left)"))
+                    print(f"  {n}: skipped (budget)", flush=True)
+            if not group:
                 continue
-            row = dict(scheme=name, gpus=world_of(name))
-            try:
-                res = run_scheme(name, conf, tmp)
-            except Exception as e:  # keep going: one failing scheme must not cost the table
-                row["error"] = f"{type(e).__name__}: {e}"[-2000:]
-                traceback.print_exc()
+            got = run_group(group, world, conf, tmp)
+            for name in group:
+                res, row = got[name], dict(scheme=name, gpus=world, group_wall_s=round(got["_wall_s"], 1))
+                if "error" in res:
+                    row["error"] = res["error"]
+                    results.append(row)
+                    print(f"  {name}: ERROR {res['error'][:300]}", flush=True)
+                    continue
+                row["build_s"] = round(res["build_s"], 2)
+                row["peak_gib"] = round(res["peak_gib"], 2)
+                if name == "fsdp2_mem":
+                    row.update({k: round(res[k], 3) for k in ("weights_gib_unsharded", "weights_gib_sharded",
+                                                              "forward_s")})
+                    row["finite"] = bool(res["cond_out"].isfinite().all())
+                else:
+                    row["step_s"] = statistics.median(res["times"])
+                    row["timings"] = res["times"]
+                    row["warmup_s"] = res["warmup_s"]
+                    row["tokens"], row["local_tokens"] = tokens, res["local_tokens"]
+                    if name == "single":
+                        ref = dict(pred=res["pred"], step_s=row["step_s"])
+                    if ref is not None:
+                        row["speedup"] = ref["step_s"] / row["step_s"]
+                        row.update(compare(res["pred"], ref["pred"]))
                 results.append(row)
-                continue
-            row["wall_s"] = round(res["wall_s"], 1)
-            row["build_s"] = round(res["build_s"], 2)
-            row["peak_gib"] = round(res["peak_gib"], 2)
-            if name == "fsdp2_mem":
-                row.update({k: round(res[k], 3) for k in ("weights_gib_unsharded", "weights_gib_sharded", "forward_s")})
-                row["finite"] = bool(res["cond_out"].isfinite().all())
-            else:
-                row["step_s"] = statistics.median(res["times"])
-                row["timings"] = res["times"]
-                row["warmup_s"] = res["warmup_s"]
-                row["tokens"], row["local_tokens"] = tokens, res["local_tokens"]
-                if name == "single":
-                    ref = dict(pred=res["pred"], step_s=row["step_s"])
-                if ref is not None:
-                    row["speedup"] = ref["step_s"] / row["step_s"]
-                    row.update(compare(res["pred"], ref["pred"]))
-            results.append(row)
-            print(f"  {name}: {json.dumps({k: v for k, v in row.items() if k != 'timings'})}", flush=True)
+                print(f"  {name}: {json.dumps({k: v for k, v in row.items() if k != 'timings'})}", flush=True)
 
     print(f"\n{'scheme':<15}{'gpus':>5}{'s/step':>9}{'speedup':>9}{'max_abs':>11}{'cos':>11}{'peak GiB':>10}")
     for r in results:
