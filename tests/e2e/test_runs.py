@@ -83,6 +83,13 @@ def test_queue_writes_video_with_progress(ui, comfy, stem):
         assert "Measured" in (ui.widget_value(sampler_type, "measured") or "")
         assert "Measured" in ui.wait_estimate(contains="Measured")
     ui.screenshot(f"{stem}_after_run.png")
+
+    # Queued again unchanged, ComfyUI takes the sampler from its cache: the text the run added to the
+    # display widgets must not have changed the prompt.
+    done, events = _run(ui)
+    assert done["type"] == "execution_success", f"{done}\n{comfy.log_tail()}"
+    cached = next(e for e in events if e["type"] == "execution_cached")["detail"]["nodes"]
+    assert sampler in [str(n) for n in cached], f"the unchanged sampler ran again (cached: {cached})"
     ui.console.check()
 
 
