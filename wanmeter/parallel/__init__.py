@@ -10,6 +10,7 @@ from .launch import free_port, init_worker, multicast_off, spawn
 from .cfg import guided_prediction
 from .groups import Groups, build_groups
 from .ulysses import enable_ulysses
+from .engine import run_parallel
 
 __all__ = ["Layout", "choose_layout", "free_port", "init_worker", "multicast_off", "spawn",
-           "guided_prediction", "Groups", "build_groups", "enable_ulysses"]
+           "guided_prediction", "Groups", "build_groups", "enable_ulysses", "run_parallel"]
