@@ -170,6 +170,8 @@ def _worker(rank: int, names: list[str], world: int, port: int, conf: dict, out_
         if device.type == "cuda":
             torch.cuda.set_device(device)
     dtype = torch.float32 if conf["dry"] else torch.bfloat16
+    if conf["dry"]:
+        torch.set_num_threads(1)  # CPU processes share few cores
     try:
         for name in names:
             try:

@@ -57,8 +57,10 @@ def test_callback_interrupts_all_workers():
         run_parallel(tiny_t2v_bundle, pos, neg, REQ, 2, "cfg", callback=cb, backend="gloo")
 
 
-def test_worker_errors_come_back_as_wanmeter_errors():
+def test_bad_requests_fail_before_any_worker_starts():
     pos, neg = _embeds()
-    bad = SampleRequest(60, 64, 5, steps=2)
     with pytest.raises(WanMeterError, match="multiple of 16"):
-        run_parallel(tiny_t2v_bundle, pos, neg, bad, 2, "ulysses", backend="gloo")
+        run_parallel(tiny_t2v_bundle, pos, neg, SampleRequest(60, 64, 5, steps=2), 2, "ulysses", backend="gloo",
+                     variant="t2v_a14b")
+    with pytest.raises(WanMeterError, match="even GPU count"):
+        run_parallel(tiny_t2v_bundle, pos, neg, REQ, 3, backend="gloo")

@@ -92,11 +92,13 @@ def _worker(rank: int, world: int, port: int, backend: str, factory: Callable, p
 
 def run_parallel(bundle_factory: Callable[[torch.device], Any], positive: torch.Tensor,
                  negative: torch.Tensor | None, request: Any, num_gpus: int, scheme: str = "auto",
-                 callback: Callback | None = None, *, backend: str | None = None) -> torch.Tensor:
+                 callback: Callback | None = None, *, backend: str | None = None,
+                 variant: str | None = None) -> torch.Tensor:
     """Denoise `request` on `num_gpus` GPUs and return the raw latent (CPU, float32), like sample().
 
     scheme: "auto" (CFG pair first, Ulysses over the rest), "cfg" (2 GPUs), "ulysses", "cfg_ulysses".
     backend: "nccl" (default with CUDA) or "gloo" (CPU processes: tests).
+    variant: when given, the request is validated here before any worker starts.
     The parent process loads nothing: each worker loads its own copy of the weights.
     """
     import torch.multiprocessing as mp
@@ -104,6 +106,10 @@ def run_parallel(bundle_factory: Callable[[torch.device], Any], positive: torch.
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl" and torch.cuda.device_count() < num_gpus:
         raise WanMeterError(f"num_gpus={num_gpus} but this machine has {torch.cuda.device_count()} GPU(s); lower num_gpus.")
+    if variant is not None:
+        from ..sampler.request import check_request
+
+        check_request(variant, request)
     choose_layout(num_gpus, scheme=scheme)  # fail fast on a bad scheme / count before starting anything
     multicast_off()
     ctx = mp.get_context("spawn")
