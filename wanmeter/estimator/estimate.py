@@ -145,7 +145,9 @@ def estimate(workload: Workload, plan: Plan, gpu: GpuSpec, prices: Prices | floa
         notes.append(f"{workload.variant} has {s.shape.num_layers} blocks: streaming all of them")
     phases = vram_phases(s, workload, plan, cal)
     peak, phase, breakdown = vram_peak(phases, cal)
-    limit = plan.budget_gib if plan.budget_gib is not None else gpu.usable_gib - float(cal.v("overhead.vram_reserve_gib"))
+    # The same headroom is kept under a user budget as under the card's own size: a plan planned to the last
+    # byte fails on the first allocation the model did not foresee.
+    limit = (plan.budget_gib if plan.budget_gib is not None else gpu.usable_gib) - float(cal.v("overhead.vram_reserve_gib"))
     ram = ram_breakdown(s, workload, plan, cal)
     ram_total = sum(ram.values())
     t = phase_times(s, workload, plan, gpu, cal)

@@ -29,6 +29,7 @@ from torch import nn
 from ..errors import WanMeterError
 from .attention import apply_attention
 from .options import RuntimeOptions, parse_dtype
+from .memory import enable_expandable_segments
 
 _FP8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 _GROUP_HOOK = "group_offloading"
@@ -232,6 +233,8 @@ class Placement:
         options.validate()
         self.options = options
         self.device = options.torch_device()
+        if self.device.type == "cuda":
+            enable_expandable_segments()
         self.experts = list(experts)
         self.active: int | None = None
         self.swaps = 0
