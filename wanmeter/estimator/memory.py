@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from .calibration import Calibration
 from .gpus import GpuSpec
+from .flops import heads
+from .parallel import gpu_layout
 from .sizes import GIB, Sizes
 from .workload import Plan, Workload
 
 
 def resident_dit_bytes(s: Sizes, p: Plan) -> float:
-    """DiT weights kept on one GPU during sampling (FSDP-sharded over num_gpus)."""
+    """DiT weights kept on one GPU during sampling. CFG-parallel and Ulysses keep every weight on
+    every GPU (measured: cfg2 and ulysses2 peaks equal or below the single-GPU peak); FSDP
+    (shard_weights) keeps 1/num_gpus (measured 26.7 -> 13.4 GiB per GPU on 2 H200s)."""
     if p.offload == "none":
         b = s.experts * s.expert_bytes
     elif p.offload == "model":
@@ -21,20 +25,24 @@ def resident_dit_bytes(s: Sizes, p: Plan) -> float:
     else:
         n = min(p.blocks_to_stream, s.shape.num_layers)
         b = s.expert_bytes - n * s.block_bytes
-    return b / p.num_gpus
+    return b / p.num_gpus if p.shard_weights else b
 
 
 def activation_bytes(s: Sizes, w: Workload, p: Plan, cal: Calibration) -> float:
     """Live activations of one forward: tokens x dim x factor (+ TI2V's per-token modulation),
-    split over GPUs by sequence parallelism."""
+    split by the Ulysses degree (CFG-parallel and FSDP do not split them). Compiled blocks keep
+    fewer fp32 temporaries alive (fitted to the speed runs' peaks)."""
     n = max(s.tokens_per_clip) * w.batch
     d = s.shape.dim
-    b = n * d * float(cal.v("activations.bytes_per_token_channel"))
+    act = float(cal.v("activations.bytes_per_token_channel"))
+    if p.compile:
+        act *= float(cal.v("compile.activation_fraction"))
+    b = n * d * act
     if w.variant == "ti2v_5b":
         b += n * 6 * d * float(cal.v("activations.modulation_bytes_per_token"))
     if p.attention == "sage":
         b += n * d * float(cal.v("activations.sage_extra_bytes_per_token_channel"))
-    return b / p.num_gpus
+    return b / gpu_layout(p, w, heads(s.shape)).ulysses
 
 
 def vae_decode_bytes(w: Workload, p: Plan, s: Sizes, cal: Calibration) -> float:
@@ -65,9 +73,10 @@ def vram_phases(s: Sizes, w: Workload, p: Plan, cal: Calibration) -> dict[str, d
     samp = {"DiT weights (resident)": dit}
     if p.offload == "blocks" and p.blocks_to_stream > 0:
         samp["streamed-block buffers"] = int(cal.v("streaming.buffer_blocks")) * s.block_bytes
-    if p.num_gpus > 1:
-        samp["gathered blocks (FSDP)"] = 2 * s.block_params * 2.0
-    if p.weight_dtype not in ("bf16", "fp16") and not (p.compute == "fp8" and p.weight_dtype.startswith("fp8")):
+    if p.num_gpus > 1 and p.shard_weights:
+        samp["gathered blocks (FSDP)"] = 2 * s.block_bytes
+    # fp8 compute reads the fp8 weights directly: no bf16 copy of a layer is made.
+    if p.weight_dtype not in ("bf16", "fp16") and not (p.fp8_compute and p.weight_dtype.startswith("fp8")):
         samp["cast buffer"] = 2 * s.shape.dim * s.shape.ffn_dim * 2.0
     if p.lora_mode == "unmerged" and s.lora_bytes_per_expert:
         samp["LoRA weights"] = s.lora_bytes_per_expert * (s.experts if keep_dit else 1)

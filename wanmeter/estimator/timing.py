@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .calibration import Calibration
+from .flops import heads
 from .gpus import GpuSpec
+from .parallel import GpuLayout, gpu_layout, ulysses_overhead
 from .sizes import GIB, Sizes
 from .workload import Plan, Workload
 
@@ -41,7 +43,12 @@ def attention_rate(plan: Plan, gpu: GpuSpec, cal: Calibration) -> float:
 
 
 def fp8_compute_active(plan: Plan, gpu: GpuSpec) -> bool:
-    return plan.compute == "fp8" and gpu.has_fp8 and plan.weight_dtype.startswith("fp8")
+    """fp8 matmuls run only on GPUs with fp8 tensor cores and only from fp8 weights."""
+    return plan.fp8_compute and gpu.has_fp8 and plan.weight_dtype.startswith("fp8")
+
+
+def layout_of(s: Sizes, w: Workload, p: Plan) -> GpuLayout:
+    return gpu_layout(p, w, heads(s.shape))
 
 
 @dataclass
@@ -60,31 +67,44 @@ class ForwardTime:
 
 
 def forward_time(s: Sizes, w: Workload, p: Plan, gpu: GpuSpec, cal: Calibration, clip: int = 0) -> ForwardTime:
-    """Seconds of one DiT forward (one CFG branch) for clip `clip`."""
+    """Seconds of one DiT forward (one CFG branch) for clip `clip`, on one GPU group of the layout
+    (its Ulysses degree splits the tokens; CFG-parallel is accounted per step in phase_times)."""
     f = s.flops_per_clip[clip]
     n_tok = s.tokens_per_clip[clip] * w.batch
-    g = p.num_gpus
+    lay = layout_of(s, w, p)
+    u = lay.ulysses
     t = ForwardTime()
     r_mm = matmul_rate(gpu, cal)
-    lin_rate = r_mm * (float(cal.v("fp8.linear_speedup_vs_bf16")) if fp8_compute_active(p, gpu) else 1.0)
-    lin_rate = min(lin_rate, (gpu.fp8_tflops or gpu.peak_bf16_tflops) * 1e12)
+    fp8 = fp8_compute_active(p, gpu)
+    lin_rate = r_mm / (float(cal.v("fp8.compute_linear_time_fraction")) if fp8 else 1.0)
+    lin_rate = min(lin_rate, (gpu.fp8_tflops if fp8 else gpu.peak_bf16_tflops) * 1e12)
     r_att = attention_rate(p, gpu, cal)
     bw = gpu.mem_bw_gbps * 1e9
-    t.linear = f.linear / lin_rate / g
-    t.attention = f.attention / r_att / g
+    t.linear = f.linear / lin_rate / u
+    t.attention = f.attention / r_att / u
     layers, d = s.shape.num_layers, s.shape.dim
-    t.elementwise = layers * n_tok * d * float(cal.v("elementwise_bytes_per_token_channel_block")) / bw / g
-    t.trace.append(f"linear {f.linear / 1e12:.1f} TFLOP / {lin_rate / 1e12:.0f} TF/s" + (f" / {g} GPUs" if g > 1 else "")
-                   + f" = {t.linear:.3f} s")
+    elt_b = float(cal.v("elementwise_bytes_per_token_channel_block"))
+    kept = 1.0 - float(cal.v("compile.elementwise_fraction_removed")) if p.compile else 1.0
+    t.elementwise = layers * n_tok * d * elt_b * kept / bw / u
+    sfx = f" / {u} GPUs" if u > 1 else ""
+    t.trace.append(f"linear {f.linear / 1e12:.1f} TFLOP / {lin_rate / 1e12:.0f} TF/s{' (fp8)' if fp8 else ''}{sfx}"
+                   f" = {t.linear:.3f} s")
     t.trace.append(f"attention {f.attention / 1e12:.1f} TFLOP / {r_att / 1e12:.0f} TF/s "
-                   f"({attention_backend(p, gpu, cal)}) = {t.attention:.3f} s")
-    t.trace.append(f"elementwise {layers} blocks x {n_tok} tokens x {d} x "
-                   f"{cal.v('elementwise_bytes_per_token_channel_block'):.0f} B / {gpu.mem_bw_gbps:.0f} GB/s = {t.elementwise:.3f} s")
-    if p.weight_dtype not in ("bf16", "fp16") and not fp8_compute_active(p, gpu):
+                   f"({attention_backend(p, gpu, cal)}){sfx} = {t.attention:.3f} s")
+    t.trace.append(f"elementwise {layers} blocks x {n_tok} tokens x {d} x {elt_b:.0f} B"
+                   + (f" x {kept:.2f} (compiled)" if p.compile else "") + f" / {gpu.mem_bw_gbps:.0f} GB/s{sfx}"
+                   f" = {t.elementwise:.3f} s")
+    if fp8 and not p.compile:  # eager: per-token activation quantization is not fused into the block
+        q = float(cal.v("fp8.eager_quant_bytes_per_token_channel_block"))
+        t.weight_cast = layers * n_tok * d * q / bw / u
+        t.trace.append(f"fp8 activation quantization (eager) {layers} x {n_tok} x {d} x {q:.0f} B = {t.weight_cast:.3f} s")
+    if p.weight_dtype not in ("bf16", "fp16") and not fp8:
         k = float(cal.v("fp8.cast_bytes_per_weight"))
         if p.is_gguf:
             k *= float(cal.v("fp8.gguf_dequant_factor"))
-        t.weight_cast = s.expert_params * k / bw / g
+        t.weight_cast = s.expert_params * k / bw
+        if p.shard_weights:
+            t.weight_cast /= p.num_gpus
         t.trace.append(f"weight upcast {s.expert_params / 1e9:.1f}e9 weights x {k:.0f} B / {gpu.mem_bw_gbps:.0f} GB/s = {t.weight_cast:.3f} s")
     if p.offload == "blocks" and p.blocks_to_stream > 0:
         n = min(p.blocks_to_stream, layers)
@@ -94,18 +114,41 @@ def forward_time(s: Sizes, w: Workload, p: Plan, gpu: GpuSpec, cal: Calibration,
         t.streaming = n * (max(0.0, xfer - per_block_compute) + ovh)
         t.trace.append(f"streaming {n} blocks x (max(0, {xfer * 1e3:.1f} ms transfer - {per_block_compute * 1e3:.1f} ms compute)"
                        f" + {ovh * 1e3:.1f} ms) = {t.streaming:.3f} s")
-    if g > 1:
-        link = gpu.interconnect_gbps * 1e9
-        a2a = layers * int(cal.v("multi_gpu.alltoall_per_block")) * n_tok * d * 2.0 * (g - 1) / g / g / link
-        gather = s.expert_bytes * (g - 1) / g / link
-        t.communication = (a2a + gather) * float(cal.v("multi_gpu.comm_exposed_fraction"))
-        t.trace.append(f"communication: all-to-all {a2a:.3f} s + weight all-gather {gather:.3f} s over {gpu.interconnect_gbps:.0f} GB/s")
+    compute = t.linear + t.attention + t.elementwise + t.weight_cast
+    link = gpu.interconnect_gbps * 1e9
+    if u > 1:
+        # Measured overhead model (H200 NVLink), floored by the all-to-all bytes over this GPU's link.
+        measured = compute * ulysses_overhead(u, cal)
+        a2a = layers * int(cal.v("multi_gpu.alltoall_per_block")) * n_tok * d * 2.0 * (u - 1) / u / u / link
+        t.communication += max(measured, a2a)
+        t.trace.append(f"Ulysses {u}: max(measured overhead {measured:.3f} s, all-to-all {a2a:.3f} s over "
+                       f"{gpu.interconnect_gbps:.0f} GB/s)")
+    if p.shard_weights and p.num_gpus > 1:
+        g = p.num_gpus
+        gather = s.expert_bytes * (g - 1) / g / link * float(cal.v("multi_gpu.comm_exposed_fraction"))
+        fsdp = max(compute * float(cal.v("multi_gpu.fsdp_time_overhead")), gather)
+        t.communication += fsdp
+        t.trace.append(f"FSDP all-gather: max(measured overhead, {gather:.3f} s of weights over the link) = {fsdp:.3f} s")
     return t
 
 
 def forwards_per_expert(w: Workload) -> tuple[int, ...]:
     """Forwards each expert runs for one clip: steps x (2 with CFG, else 1)."""
     return tuple(st * (2 if c > 1.0 else 1) * 1 for st, c in zip(w.expert_steps(), w.cfg))
+
+
+def forward_slots_per_expert(w: Workload, lay: GpuLayout) -> tuple[float, ...]:
+    """Forward times each expert costs on the wall clock: with CFG-parallel the guided pair runs at
+    once (one slot per step, divided by the measured CFG efficiency); unguided steps gain nothing."""
+    out = []
+    for st, c in zip(w.expert_steps(), w.cfg):
+        out.append(2.0 * st if c > 1.0 and lay.cfg == 1 else float(st))
+    return tuple(out)
+
+
+def skipped_fraction(p: Plan) -> float:
+    """Share of forwards a step cache skips: the user's number (not predicted; see docs/ESTIMATOR.md)."""
+    return float(p.cache_skip_fraction) if p.step_cache != "none" else 0.0
 
 
 @dataclass
@@ -145,15 +188,22 @@ def phase_times(s: Sizes, w: Workload, p: Plan, gpu: GpuSpec, cal: Calibration) 
     # Denoising.
     parts = {k: 0.0 for k in ("linear", "attention", "elementwise", "weight_cast", "streaming", "communication", "step_overhead")}
     fwd_counts = forwards_per_expert(w)
+    lay = layout_of(s, w, p)
+    slots = forward_slots_per_expert(w, lay)
+    keep = 1.0 - skipped_fraction(p)
+    cfg_eff = float(cal.v("multi_gpu.cfg_efficiency")) if lay.cfg > 1 else 1.0
+    guided_share = sum(sl for sl, c in zip(slots, w.cfg) if c > 1.0) / max(sum(slots), 1e-9)
     n_fwd = 0
     first: ForwardTime | None = None
     for c in range(len(s.tokens_per_clip)):
         ft = forward_time(s, w, p, gpu, cal, c)
         first = first or ft
-        k = sum(fwd_counts)
-        n_fwd += k
+        n_fwd += sum(fwd_counts)
+        k = sum(slots) * keep
         for name in ("linear", "attention", "elementwise", "weight_cast", "streaming", "communication"):
             parts[name] += k * getattr(ft, name)
+        if cfg_eff < 1.0:  # CFG-parallel: the guided slots cost 1/efficiency (prediction exchange, sync)
+            parts["communication"] += k * guided_share * ft.total * (1.0 / cfg_eff - 1.0)
         parts["step_overhead"] += w.steps * float(cal.v("overhead.per_step_overhead_s"))
     denoise = sum(parts.values())
     # Decode.
@@ -169,4 +219,4 @@ def phase_times(s: Sizes, w: Workload, p: Plan, gpu: GpuSpec, cal: Calibration) 
                       denoise_parts=parts, per_forward=first or ForwardTime(), forwards=n_fwd)
 
 
-__all__ = ["phase_times", "forward_time", "matmul_rate", "attention_rate", "GIB"]
+__all__ = ["phase_times", "forward_time", "layout_of", "skipped_fraction", "fp8_compute_active", "matmul_rate", "attention_rate", "GIB"]

@@ -20,6 +20,8 @@ ATTENTION_ALIASES = {"sageattn": "sage", "sageattention": "sage", "flash_attn_2"
                      "mem_efficient": "efficient", "xformers": "efficient"}
 TE_DTYPES = ("bf16", "fp16", "fp32", "fp8_e4m3fn")
 VAE_DTYPES = ("bf16", "fp16", "fp32")
+STEP_CACHES = ("none", "first_block", "taylorseer")
+PARALLEL_SCHEMES = ("auto", "cfg", "ulysses", "cfg_ulysses")   # wanmeter/parallel/layout.py SCHEMES
 
 LIMITS = {"width": (64, 4096), "height": (64, 4096), "frames": (1, 1025), "steps": (1, 1000),
           "batch": (1, 64), "loras": (0, 32), "lora_rank": (1, 1024), "s2v_clips": (1, 100), "num_gpus": (1, 64)}
@@ -138,10 +140,32 @@ class Plan:
     lora_mode: str = "merged"
     budget_gib: float | None = None
     ram_gib: float | None = None
+    fp8_compute: bool = False        # fp8 matmuls with rowwise scales (same as compute="fp8"; needs fp8 weights)
+    compile: bool = False            # regional torch.compile of the transformer blocks
+    step_cache: str = "none"         # "none" | "first_block" | "taylorseer"
+    cache_skip_fraction: float = 0.0  # share of forwards the cache skips: user-set, not predicted (see docs)
+    parallel_scheme: str = "auto"    # how num_gpus split the work (wanmeter/parallel/layout.py)
+    shard_weights: bool = False      # FSDP: each GPU keeps 1/num_gpus of the weights
 
     def __post_init__(self) -> None:
         _check_choice("weight_dtype", self.weight_dtype, WEIGHT_DTYPES)
         _check_choice("compute", self.compute, COMPUTE)
+        for n in ("fp8_compute", "compile", "shard_weights"):
+            if not isinstance(getattr(self, n), bool):
+                raise WanMeterError(f"{n} must be true or false, got {getattr(self, n)!r}.")
+        # compute="fp8" and fp8_compute=True are one switch; keep both spellings in step.
+        if self.compute == "fp8" or self.fp8_compute:
+            object.__setattr__(self, "compute", "fp8")
+            object.__setattr__(self, "fp8_compute", True)
+        _check_choice("step_cache", self.step_cache, STEP_CACHES)
+        _check_choice("parallel_scheme", self.parallel_scheme, PARALLEL_SCHEMES)
+        v = self.cache_skip_fraction
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 0.95:
+            raise WanMeterError(f"cache_skip_fraction={v!r} must be a number between 0 and 0.95 "
+                                "(the share of forwards the step cache skips).")
+        if self.step_cache == "none" and v:
+            raise WanMeterError(f"cache_skip_fraction={v} needs a step cache: set step_cache to "
+                                "'first_block' or 'taylorseer', or the fraction to 0.")
         _check_choice("offload", self.offload, OFFLOAD)
         att = ATTENTION_ALIASES.get(str(self.attention).lower(), str(self.attention).lower())
         object.__setattr__(self, "attention", _check_choice("attention", att, ATTENTION))
@@ -173,8 +197,13 @@ class Plan:
         parts.append(f"attn {self.attention}")
         if self.text_encoder_device == "cpu":
             parts.append("text enc. on CPU")
+        if self.compile:
+            parts.append("compiled")
+        if self.step_cache != "none":
+            parts.append(f"{self.step_cache} cache")
         if self.vae_tiled:
             parts.append("tiled VAE")
         if self.num_gpus > 1:
-            parts.append(f"{self.num_gpus} GPUs")
+            parts.append(f"{self.num_gpus} GPUs" + (f" {self.parallel_scheme}" if self.parallel_scheme != "auto" else "")
+                         + (" FSDP" if self.shard_weights else ""))
         return ", ".join(parts)
