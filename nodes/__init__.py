@@ -9,12 +9,12 @@ import importlib
 import logging
 from pathlib import Path
 
-from . import estimator, loaders, sampler, text, vae
+from . import estimator, loaders, lora, sampler, text, vae
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 
-for _m in (loaders, text, vae, sampler, estimator):
+for _m in (loaders, lora, text, vae, sampler, estimator):
     NODE_CLASS_MAPPINGS.update(_m.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_m.NODE_DISPLAY_NAME_MAPPINGS)
 

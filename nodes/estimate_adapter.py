@@ -10,13 +10,18 @@ AUTO_GPU = "auto"
 FALLBACK_GPU = "H100 SXM"  # what "auto" means on a machine without a GPU
 
 # Prompt (API format) -> settings: the same sources as WIDGET_SOURCES in web/estimate_logic.js.
-LOADER_KEYS = ("model", "model_low_noise", "weight_dtype", "offload", "blocks_to_stream", "attention")
-SAMPLER_KEYS = ("width", "height", "frames", "steps", "cfg_high", "cfg_low")
+LOADER_KEYS = ("model", "model_low_noise", "weight_dtype", "offload", "blocks_to_stream", "attention", "fp8_compute",
+               "compile")
+SAMPLER_KEYS = ("width", "height", "frames", "steps", "cfg_high", "cfg_low", "step_cache", "num_gpus")
+S2V_SAMPLER = "WanMeterS2VSampler"
+S2V_AUDIO = "WanMeterS2VAudio"
+S2V_CLIP_FRAMES = 80  # one S2V clip: 80 frames, 5 s at 16 fps (the estimator counts clips via s2v_clips)
 DEFAULTS: dict[str, Any] = {
     "model_low_noise": "none", "width": 1280, "height": 720, "frames": 81, "steps": 40, "cfg_high": 4.0,
     "cfg_low": 3.0, "weight_dtype": "bf16", "offload": "auto", "blocks_to_stream": 0, "attention": "auto",
     "text_encoder_device": "gpu", "vae_tiled": False, "gpu": AUTO_GPU, "price_per_hour": 0.0,
-    "videos_per_month": 100, "budget_gb": 0.0, "num_gpus": 1,
+    "videos_per_month": 100, "budget_gb": 0.0, "num_gpus": 1, "fp8_compute": False, "compile": False,
+    "step_cache": "none", "loras": 0,
 }
 
 
@@ -97,6 +102,9 @@ def settings_from_prompt(prompt: dict[str, Any], estimator_id: str | None = None
         for k in SAMPLER_KEYS:
             if val(samplers[0][1], k) is not None:
                 s[k] = val(samplers[0][1], k)
+        if samplers[0][1].get("class_type") == S2V_SAMPLER:
+            apply_s2v(s, val(samplers[0][1], "cfg"), [val(n, "clips") for _, n in of_type(lambda t: t == S2V_AUDIO)])
+    s["loras"] = len(of_type(lambda t: t == "WanMeterLoRA"))
     te = of_type(lambda t: t == "WanMeterTextEncoderLoader")
     if te and val(te[0][1], "device") is not None:
         s["text_encoder_device"] = val(te[0][1], "device")
@@ -109,6 +117,16 @@ def settings_from_prompt(prompt: dict[str, Any], estimator_id: str | None = None
         if o in ("enable", "disable"):
             s["vae_tiled"] = o == "enable"
     return s
+
+
+def apply_s2v(s: dict[str, Any], cfg: Any, clips: list[Any]) -> None:
+    """S2V: frames are per 80-frame clip and the clip count comes from WanMeterS2VAudio's `clips`
+    (0 = as many as the audio needs, unknown before running: estimated as 1 clip, with a note)."""
+    s["frames"] = S2V_CLIP_FRAMES
+    if cfg is not None:
+        s["cfg_high"] = cfg
+    n = clips[0] if clips and clips[0] is not None else 0
+    s["s2v_clips"] = n
 
 
 def _num(k: str) -> float:
@@ -133,18 +151,22 @@ def workload_and_plan(s: dict[str, Any]):
     from ..wanmeter.variants import variant as facts
 
     if hasattr(est, "validate_settings"):
-        est.validate_settings(dict(s))
+        est.validate_settings({k: v for k, v in s.items() if not (k == "s2v_clips" and v == 0)})
     experts = int(facts(s["variant"])["experts"])
     cfg = (float(s["cfg_high"]), float(s["cfg_low"])) if experts == 2 else (float(s["cfg_high"]),)
+    clips = max(1, _int(s, "s2v_clips")) if s.get("s2v_clips") is not None else 1
     w = Workload(variant=s["variant"], width=_int(s, "width"), height=_int(s, "height"), frames=_int(s, "frames"),
-                 steps=_int(s, "steps"), cfg=cfg, batch=int(s.get("batch_size", 1) or 1))
+                 steps=_int(s, "steps"), cfg=cfg, batch=int(s.get("batch_size", 1) or 1), loras=_int(s, "loras"),
+                 s2v_clips=clips)
     budget = float(s.get("budget_gb") or 0)
     offload = str(s.get("offload", "auto"))
     blocks = _int(s, "blocks_to_stream") if offload == "blocks" else 0
     p = Plan(weight_dtype=str(s["weight_dtype"]), compute="bf16", offload="none" if offload == "auto" else offload,
              blocks_to_stream=blocks, attention=ATTENTION_TO_ESTIMATOR.get(str(s["attention"]), str(s["attention"])),
              text_encoder_device=str(s.get("text_encoder_device", "gpu")), vae_tiled=bool(s.get("vae_tiled")),
-             num_gpus=_int(s, "num_gpus"), budget_gib=budget if budget > 0 else None)
+             num_gpus=_int(s, "num_gpus"), budget_gib=budget if budget > 0 else None,
+             fp8_compute=bool(s.get("fp8_compute")), compile=bool(s.get("compile")),
+             step_cache=str(s.get("step_cache") or "none"))
     if offload == "blocks" and blocks < 1:
         raise WanMeterError("offload=blocks needs blocks_to_stream >= 1 in WanMeter Model Loader (or use offload=model).")
     return w, p
@@ -173,6 +195,25 @@ def plan_for(w, p, gpu, *, auto: bool, prices=None, videos_per_month=None):
     if offload_only:
         return offload_only[0].estimate, offload_only[0].changes
     return e, []
+
+
+def budget_plan(w, p, gpu, s: dict[str, Any], *, prices=None, videos_per_month=None):
+    """offload=auto under the estimator node's budget_gb: wanmeter.memplan.plan_for with that budget
+    (the same search the loader runs with the free VRAM), then the estimate at this GPU's prices.
+    Returns (estimate, note); when nothing fits, the user's plan as is, with the planner's reason."""
+    from ..wanmeter.estimator.estimate import estimate
+    from ..wanmeter.memplan import plan_for as memplan_for
+
+    kw: dict[str, Any] = {"prices": prices}
+    if videos_per_month is not None:
+        kw["videos_per_month"] = videos_per_month
+    source = str(s.get("weight_dtype") or "bf16")
+    try:
+        chosen = memplan_for(w, p.budget_gib * 1024 ** 3, None, gpu, source=source, base=p)
+    except WanMeterError as err:
+        return estimate(w, p, gpu, **kw), f"offload auto: nothing fits {p.budget_gib:g} GiB ({err})"
+    plan = chosen.plan.with_(budget_gib=p.budget_gib, ram_gib=p.ram_gib)
+    return estimate(w, plan, gpu, **kw), f"offload auto within {p.budget_gib:g} GiB: {chosen.description}"
 
 
 def auto_offload(variant: str, weight_dtype: str, *, width: int, height: int, frames: int, steps: int,
@@ -215,10 +256,17 @@ def run_estimate(settings: dict[str, Any], local: dict[str, Any] | None) -> dict
     prices = price if price > 0 else None
     vpm = _int(s, "videos_per_month")
     auto = s.get("offload") == "auto"
-    e, changes = plan_for(w, p, gpu, auto=auto, prices=prices, videos_per_month=vpm)
+    auto_note = ""
+    if auto and p.budget_gib:
+        e, auto_note = budget_plan(w, p, gpu, s, prices=prices, videos_per_month=vpm)
+        changes = []
+    else:
+        e, changes = plan_for(w, p, gpu, auto=auto, prices=prices, videos_per_month=vpm)
     notes = list(e.notes)
     if auto:
-        notes.insert(0, f"offload auto: {', '.join(changes) if changes else 'everything stays in VRAM'}")
+        notes.insert(0, auto_note or f"offload auto: {', '.join(changes) if changes else 'everything stays in VRAM'}")
+    if s["variant"] == "s2v_14b" and not s.get("s2v_clips"):
+        notes.insert(0, "S2V: per 5 s clip (clips=0: the audio length decides how many; time and cost grow per clip)")
     suggestion = ""
     if not e.fits:
         fixes = suggest_fixes(w, e.plan, gpu, prices=prices, videos_per_month=vpm, limit=1)

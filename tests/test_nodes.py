@@ -272,7 +272,7 @@ def test_estimate_route_reply(pack):
     assert priced["price_per_hour"] == 2.0
     assert priced["cost_per_video"] == pytest.approx(priced["seconds_per_video"] / 3600 * 2.0, rel=1e-6)
     status, budget = routes.estimate_reply(_settings(gpu="H100 SXM", budget_gb=12))
-    assert budget["budget_gib"] == 12 and budget["fits"] is False
+    assert 10 < budget["budget_gib"] <= 12 and budget["fits"] is False  # less the estimator's reserve
 
     status, body = routes.estimate_reply(_settings(frames=80))
     assert status == 400 and "4k+1" in body["error"]

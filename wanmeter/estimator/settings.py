@@ -11,7 +11,8 @@ from typing import Any
 from ..errors import WanMeterError
 from ..variants import variant_names
 from .gpus import GpuSpec, get_gpu, load_gpus
-from .workload import ATTENTION, ATTENTION_ALIASES, LIMITS, OFFLOAD, WEIGHT_DTYPES, Plan, Workload
+from .workload import (ATTENTION, ATTENTION_ALIASES, LIMITS, OFFLOAD, PARALLEL_SCHEMES, STEP_CACHES, WEIGHT_DTYPES, Plan,
+                       Workload)
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 GIB_PER_GB = 1e9 / 1024 ** 3
@@ -29,6 +30,7 @@ NUMBERS: dict[str, tuple[type, float, float]] = {
     "cfg_high": (float, 0, 100), "cfg_low": (float, 0, 100), "shift": (float, 0, 100), "boundary": (float, 0, 1),
     "price_per_hour": (float, 0, 1000), "spot_per_hour": (float, 0, 1000), "reserved_per_hour": (float, 0, 1000),
     "budget_gb": (float, 0, 4096), "ram_gb": (float, 0, 65536),
+    "cache_threshold": (float, 0, 10), "cache_skip_fraction": (float, 0, 0.95),
 }
 CHOICES: dict[str, tuple] = {
     "variant": tuple(variant_names()),
@@ -38,7 +40,9 @@ CHOICES: dict[str, tuple] = {
     "attention": ATTENTION + tuple(ATTENTION_ALIASES) + tuple(NODE_ATTENTION),
     "text_encoder_device": ("gpu", "cpu"), "text_encoder_dtype": ("bf16", "fp16", "fp32", "fp8_e4m3fn"),
     "vae_dtype": ("bf16", "fp16", "fp32"), "lora_mode": ("merged", "unmerged"),
+    "step_cache": STEP_CACHES, "parallel_scheme": PARALLEL_SCHEMES,
 }
+BOOLS = ("vae_tiled", "text_encoder_unload", "fp8_compute", "compile", "shard_weights")
 NAME_KEYS = ("model", "model_low_noise", "text_encoder", "vae", "audio_encoder")
 
 
@@ -91,7 +95,7 @@ def validate_settings(payload: Any, gpus: dict[str, GpuSpec] | None = None) -> d
     for k, choices in CHOICES.items():
         if k in out and out[k] is not None and out[k] not in choices:
             raise WanMeterError(f"{k}={out[k]!r} is not supported. Use one of: {', '.join(str(c) for c in choices)}.")
-    for k in ("vae_tiled", "text_encoder_unload"):
+    for k in BOOLS:
         if k in out and out[k] is not None and not isinstance(out[k], bool):
             raise WanMeterError(f"{k} must be true or false, got {out[k]!r}.")
     gpu = out.get("gpu")
@@ -143,6 +147,13 @@ def workload_from_settings(settings: dict[str, Any]) -> tuple[Workload, Plan]:
         lora_mode=s.get("lora_mode") or "merged",
         budget_gib=None if budget_gb is None else float(budget_gb) * GIB_PER_GB,
         ram_gib=None if not s.get("ram_gb") else float(s["ram_gb"]) * GIB_PER_GB,
+        fp8_compute=bool(s.get("fp8_compute", False)),
+        compile=bool(s.get("compile", False)),
+        step_cache=s.get("step_cache") or "none",
+        # cache_threshold only shapes a note: how many steps a threshold skips is not predicted.
+        cache_skip_fraction=float(s.get("cache_skip_fraction") or 0.0) if (s.get("step_cache") or "none") != "none" else 0.0,
+        parallel_scheme=s.get("parallel_scheme") or "auto",
+        shard_weights=bool(s.get("shard_weights", False)),
     )
     return w, plan
 
@@ -152,18 +163,18 @@ def workload_from_settings(settings: dict[str, Any]) -> tuple[Workload, Plan]:
 # Widget order of our nodes (INPUT_TYPES order, required then optional); tests check it against nodes/.
 WIDGETS: dict[str, tuple[str, ...]] = {
     "WanMeterModelLoader": ("model", "weight_dtype", "compute_dtype", "offload", "blocks_to_stream", "attention",
-                            "model_low_noise"),
+                            "fp8_compute", "compile", "model_low_noise"),
     "WanMeterTextEncoderLoader": ("text_encoder", "text_encoder_device", "text_encoder_dtype"),
     "WanMeterVAELoader": ("vae", "vae_tiled", "vae_dtype"),
     "WanMeterSampler": ("width", "height", "frames", "steps", "cfg_high", "cfg_low", "shift", "seed", "batch_size",
-                        "scheduler", "boundary", "denoise"),
+                        "scheduler", "boundary", "denoise", "step_cache", "cache_threshold", "num_gpus"),
     "WanMeterVAEDecode": ("tiled",),
     "WanMeterEstimator": ("gpu", "price_per_hour", "videos_per_month", "budget_gb"),
     "WanMeterS2VAudio": ("audio_encoder", "audio_scale", "audio_device", "s2v_clips"),
     "WanMeterS2VSampler": ("width", "height", "steps", "cfg_high", "shift", "seed", "drop_first_motion"),
 }
 SEED_CONTROL = ("fixed", "increment", "decrement", "randomize")
-_IGNORED = {"seed", "scheduler", "denoise", "tiled", "audio_encoder", "audio_scale", "audio_device", "drop_first_motion"}
+_IGNORED = {"seed", "scheduler", "denoise", "tiled", "cache_threshold", "audio_encoder", "audio_scale", "audio_device", "drop_first_motion"}
 
 
 def _widget_values(node: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,95 @@
+"""WanMeter LoRA: merge a LoRA file into the expert(s) of a WANMETER_MODEL (chainable).
+
+The merge itself is wanmeter.accel.merge_lora. It happens in place (a 14B copy per LoRA would
+not fit anywhere), so the node remembers what it merged into that model and takes it back out
+before merging again when only its own widgets changed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..wanmeter.errors import WanMeterError
+from . import common as c
+from .parallel_bundle import LoraSpec, expert_indices
+
+
+class WanMeterLoRA:
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": (c.WANMETER_MODEL, {"tooltip": "From WanMeter Model Loader (or another WanMeter LoRA). "
+                          "The LoRA is merged into bf16/fp16/fp32 weights: load the model with weight_dtype bf16 "
+                          "(fp8-stored and GGUF weights are refused), and fp8_compute is applied after the merge."}),
+                "lora": (_lora_files(), {"tooltip": "A Wan2.2 LoRA from models/loras (ComfyUI, diffusers "
+                         "or official key names). It must match the model size (14B or 5B)."}),
+                "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01, "round": 0.001,
+                             "tooltip": "Multiplier of the LoRA's change; 0 leaves the model as it is."}),
+                "apply_to": (c.LORA_TARGETS, {"default": "both", "tooltip": "A14B: which expert gets the LoRA "
+                             "(Wan2.2 LoRAs often come as a high_noise and a low_noise file: chain two nodes). "
+                             "TI2V-5B has one model: always that one."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    RETURN_TYPES = (c.WANMETER_MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The same model with the LoRA merged in (chain more WanMeter LoRA nodes for more LoRAs).",)
+    FUNCTION = "apply"
+    CATEGORY = c.CATEGORY
+    DESCRIPTION = "Merge a LoRA into a Wan2.2 T2V/I2V/TI2V model loaded by WanMeter Model Loader."
+
+    def apply(self, model, lora: str, strength: float, apply_to: str, unique_id: str | None = None):
+        from ..wanmeter.sampler import WanModelBundle
+        from .parallel_bundle import merge_loras
+
+        if not isinstance(model, WanModelBundle):
+            raise WanMeterError("WanMeter LoRA takes a T2V/I2V/TI2V model from WanMeter Model Loader "
+                                "(S2V and native MODEL inputs are not supported).")
+        path = c.resolve_model("loras", lora, what="LoRA")
+        spec = LoraSpec(path=path, strength=float(strength), apply_to=apply_to)
+        expert_indices(len(model.experts), apply_to)  # checks apply_to before touching weights
+        merged: dict[str, LoraSpec] = model.__dict__.setdefault("wanmeter_lora_nodes", {})
+        key = str(unique_id) if unique_id is not None else f"anon{len(merged)}"
+        if merged.get(key) == spec:
+            return (model,)
+        experts = list(model.experts)
+        _unplace(model)
+        try:
+            old = merged.pop(key, None)
+            if old is not None:  # this node ran before on the same model: take its LoRA out first
+                merge_loras(experts, [LoraSpec(old.path, -old.strength, old.apply_to)])
+            if strength != 0:
+                merge_loras(experts, [spec])
+        except BaseException:
+            c.release_memory()
+            raise
+        merged[key] = spec
+        src = getattr(model, "wanmeter_source", None)
+        if src is not None:
+            from dataclasses import replace
+
+            model.wanmeter_source = replace(src, loras=tuple(merged.values()))
+        return (model,)
+
+
+def _lora_files() -> list[str]:
+    try:
+        return c.list_models("loras")
+    except KeyError:  # a folder_paths without "loras" (never in ComfyUI; minimal stubs)
+        return []
+
+
+def _unplace(model) -> None:
+    """Undo the runtime placement (fast paths, streaming hooks) so the merge sees plain weights;
+    the sampler places the model again on its next run."""
+    try:
+        model.set_runtime(model.runtime)
+    except WanMeterError:
+        raise
+    except Exception:
+        pass
+
+
+NODE_CLASS_MAPPINGS = {"WanMeterLoRA": WanMeterLoRA}
+NODE_DISPLAY_NAME_MAPPINGS = {"WanMeterLoRA": "WanMeter LoRA (Wan2.2)"}
