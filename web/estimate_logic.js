@@ -10,6 +10,8 @@ export const WIDGET_SOURCES = {
     offload: "offload",
     blocks_to_stream: "blocks_to_stream",
     attention: "attention",
+    fp8_compute: "fp8_compute",
+    compile: "compile",
   },
   WanMeterSampler: {
     width: "width",
@@ -18,7 +20,12 @@ export const WIDGET_SOURCES = {
     steps: "steps",
     cfg_high: "cfg_high",
     cfg_low: "cfg_low",
+    step_cache: "step_cache",
+    num_gpus: "num_gpus",
   },
+  WanMeterS2VSampler: { width: "width", height: "height", steps: "steps", cfg: "cfg_high" },
+  WanMeterS2VAudio: { clips: "s2v_clips" },
+  WanMeterLoRA: {},
   WanMeterTextEncoderLoader: { device: "text_encoder_device" },
   WanMeterVAELoader: { tiled: "vae_tiled" },
   WanMeterVAEDecode: { tiled: "vae_tiled_override" },
@@ -33,6 +40,11 @@ export const WIDGET_SOURCES = {
 export const ESTIMATOR_TYPE = "WanMeterEstimator";
 export const LOADER_TYPE = "WanMeterModelLoader";
 export const SAMPLER_TYPE = "WanMeterSampler";
+export const S2V_SAMPLER_TYPE = "WanMeterS2VSampler";
+export const S2V_AUDIO_TYPE = "WanMeterS2VAudio";
+export const LORA_TYPE = "WanMeterLoRA";
+/** Frames of one S2V clip (5 s at 16 fps); the clip count goes in s2v_clips (0 = from the audio). */
+export const S2V_CLIP_FRAMES = 80;
 export const DEBOUNCE_MS = 300;
 
 /** Node types whose widgets change the estimate (any WanMeter sampler counts, e.g. S2V's). */
@@ -63,9 +75,13 @@ const DEFAULTS = {
   videos_per_month: 100,
   budget_gb: 0,
   num_gpus: 1,
+  fp8_compute: false,
+  compile: false,
+  step_cache: "none",
+  loras: 0,
 };
 
-const SAMPLER_KEYS = ["width", "height", "frames", "steps", "cfg_high", "cfg_low"];
+const SAMPLER_KEYS = ["width", "height", "frames", "steps", "cfg_high", "cfg_low", "step_cache", "num_gpus"];
 
 function byId(a, b) {
   return Number(a.id) - Number(b.id);
@@ -106,12 +122,20 @@ export function graphToSettings(graph) {
     }
   };
   take(loader, LOADER_TYPE);
-  if (sampler) {
+  if (sampler && sampler.type === S2V_SAMPLER_TYPE) {
+    // S2V: frames are per 80-frame clip; the clip count comes from the audio node (0 = auto).
+    take(sampler, S2V_SAMPLER_TYPE);
+    s.frames = S2V_CLIP_FRAMES;
+    s.s2v_clips = 0;
+    take(firstOfType(active, S2V_AUDIO_TYPE), S2V_AUDIO_TYPE);
+    s.s2v_clips = Math.max(0, Math.round(Number(s.s2v_clips) || 0));
+  } else if (sampler) {
     for (const key of SAMPLER_KEYS) {
       const v = sampler.widgets ? sampler.widgets[key] : undefined;
       if (v !== undefined && v !== null) s[key] = v;
     }
   }
+  s.loras = active.filter((n) => n.type === LORA_TYPE).length;
   take(firstOfType(active, "WanMeterTextEncoderLoader"), "WanMeterTextEncoderLoader");
   take(firstOfType(active, "WanMeterVAELoader"), "WanMeterVAELoader");
   take(firstOfType(active, "WanMeterVAEDecode"), "WanMeterVAEDecode");
@@ -123,6 +147,8 @@ export function graphToSettings(graph) {
   if (o === "enable") s.vae_tiled = true;
   else if (o === "disable") s.vae_tiled = false;
   s.vae_tiled = Boolean(s.vae_tiled);
+  s.fp8_compute = Boolean(s.fp8_compute);
+  s.compile = Boolean(s.compile);
 
   for (const k of ["width", "height", "frames", "steps", "blocks_to_stream", "videos_per_month", "num_gpus"]) {
     s[k] = Math.round(Number(s[k]));

@@ -41,10 +41,14 @@ test("graphToSettings reads the loader wired into the sampler, not the first loa
 test("graphToSettings produces exactly the flat settings keys", () => {
   const s = graphToSettings(t2vGraph());
   assert.deepEqual(Object.keys(s).sort(), [
-    "attention", "blocks_to_stream", "budget_gb", "cfg_high", "cfg_low", "frames", "gpu", "height", "model",
-    "model_low_noise", "num_gpus", "offload", "price_per_hour", "steps", "text_encoder_device", "vae_tiled",
-    "videos_per_month", "weight_dtype", "width",
+    "attention", "blocks_to_stream", "budget_gb", "cfg_high", "cfg_low", "compile", "fp8_compute", "frames", "gpu",
+    "height", "loras", "model", "model_low_noise", "num_gpus", "offload", "price_per_hour", "step_cache", "steps",
+    "text_encoder_device", "vae_tiled", "videos_per_month", "weight_dtype", "width",
   ]);
+  assert.equal(s.fp8_compute, false);
+  assert.equal(s.compile, false);
+  assert.equal(s.step_cache, "none");
+  assert.equal(s.loras, 0);
   assert.equal(s.width, 832);
   assert.equal(s.height, 480);
   assert.equal(s.steps, 30);
@@ -163,4 +167,59 @@ test("number formatting", () => {
   assert.equal(fmtMoney(12.5), "$12.50");
   assert.equal(fmtMoney(12345), "$12,345");
   assert.equal(fmtSeconds(NaN), "?");
+});
+
+test("speed widgets, GPU count and LoRA nodes reach the settings", () => {
+  const g = t2vGraph();
+  const loader = g.nodes.find((n) => n.id === 2);
+  loader.widgets.fp8_compute = true;
+  loader.widgets.compile = 1;
+  Object.assign(g.nodes[0].widgets, { step_cache: "first_block", cache_threshold: 0.1, num_gpus: "4" });
+  g.nodes.push({ id: 10, type: "WanMeterLoRA", mode: 0, inputs: { model: 2 }, widgets: { lora: "a.safetensors" } });
+  g.nodes.push({ id: 11, type: "WanMeterLoRA", mode: 0, inputs: { model: 10 }, widgets: { lora: "b.safetensors" } });
+  g.nodes.push({ id: 12, type: "WanMeterLoRA", mode: 4, inputs: { model: 11 }, widgets: { lora: "c.safetensors" } });
+  const s = graphToSettings(g);
+  assert.equal(s.fp8_compute, true);
+  assert.equal(s.compile, true);
+  assert.equal(s.step_cache, "first_block");
+  assert.equal(s.num_gpus, 4);
+  assert.equal(s.loras, 2); // the bypassed one does not count
+  assert.equal("cache_threshold" in s, false);
+  assert.ok(isRelevantType("WanMeterLoRA") && isRelevantType("WanMeterS2VAudio"));
+});
+
+function s2vGraph(clips) {
+  return {
+    nodes: [
+      { id: 1, type: "WanMeterModelLoader", mode: 0, inputs: {},
+        widgets: { model: "wan2.2_s2v_14B_bf16.safetensors", weight_dtype: "fp8_e4m3fn", compute_dtype: "bf16",
+          offload: "auto", blocks_to_stream: 0, attention: "auto", fp8_compute: false, compile: false,
+          model_low_noise: "none" } },
+      { id: 4, type: "WanMeterS2VAudio", mode: 0, inputs: { audio: 3 },
+        widgets: { audio_encoder: "wav2vec2_large_english_fp16.safetensors", audio_scale: 1, device: "gpu", clips } },
+      { id: 5, type: "WanMeterS2VSampler", mode: 0, inputs: { model: 1, s2v_audio: 4 },
+        widgets: { width: 832, height: 480, steps: 40, cfg: 4.5, shift: 3, seed: 0, drop_first_motion: true } },
+      { id: 9, type: "WanMeterEstimator", mode: 0, inputs: {},
+        widgets: { gpu: "H100 SXM", price_per_hour: 0, videos_per_month: 100, budget_gb: 0 } },
+    ],
+  };
+}
+
+test("S2V: frames per 80-frame clip, clips from the audio node, cfg from the S2V sampler", () => {
+  const s = graphToSettings(s2vGraph(3));
+  assert.equal(s.frames, 80);
+  assert.equal(s.s2v_clips, 3);
+  assert.equal(s.width, 832);
+  assert.equal(s.height, 480);
+  assert.equal(s.steps, 40);
+  assert.equal(s.cfg_high, 4.5);
+  assert.equal(s.model, "wan2.2_s2v_14B_bf16.safetensors");
+  const auto = graphToSettings(s2vGraph(0));
+  assert.equal(auto.s2v_clips, 0); // 0 = from the audio: the server estimates one clip with a note
+  assert.equal(auto.frames, 80);
+  const g = s2vGraph(2);
+  g.nodes = g.nodes.filter((n) => n.type !== "WanMeterS2VAudio");
+  assert.equal(graphToSettings(g).s2v_clips, 0);
+  // a T2V graph sends no clip count
+  assert.equal("s2v_clips" in graphToSettings(t2vGraph()), false);
 });
