@@ -157,6 +157,7 @@ def official_table() -> list[dict]:
             w = Workload(variant=r["variant"], width=r["width"], height=r["height"], frames=r["frames"], steps=r["steps"])
             p = Plan(offload="model" if n == 1 else "none", attention="flash_attn_3" if g.arch == "hopper" else "flash",
                      text_encoder_device="cpu" if five and n == 1 else "gpu", vae_dtype="fp32", num_gpus=n,
+                     parallel_scheme="ulysses", shard_weights=n > 1,  # the official multi-GPU runs: Ulysses + FSDP
                      text_encoder_dtype="bf16")
             e = estimate(w, p, g)
             rows.append({"gpu": g.name, "variant": r["variant"], "res": r["res"], "num_gpus": n,

@@ -36,6 +36,8 @@ PLANS = [
     Plan(weight_dtype="Q4_K_M", offload="blocks", blocks_to_stream=20, lora_mode="unmerged"),
     Plan(offload="model", attention="flash_attn_3", text_encoder_device="cpu", vae_tiled=True, vae_dtype="fp32"),
     Plan(weight_dtype="fp8_e5m2", attention="efficient", num_gpus=4),
+    Plan(weight_dtype="fp8_e4m3fn", fp8_compute=True, compile=True, num_gpus=2, shard_weights=True),
+    Plan(compile=True, step_cache="first_block", cache_skip_fraction=0.4, num_gpus=8, parallel_scheme="ulysses"),
 ]
 
 

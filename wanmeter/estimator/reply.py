@@ -39,6 +39,8 @@ def estimate_reply(settings: dict[str, Any], gpus: dict[str, GpuSpec] | None = N
     vpm = int(settings.get("videos_per_month") if settings.get("videos_per_month") is not None else 100)
     e = estimate(w, plan, gpu, prices, videos_per_month=vpm)
     notes = list(e.notes)
+    if w and plan.step_cache != "none" and settings.get("cache_threshold") is not None:
+        notes.append(f"cache_threshold {settings['cache_threshold']:g}: how many steps it skips is not predicted")
     fixes = [] if e.fits else suggest_fixes(w, plan, gpu, prices, videos_per_month=vpm)
     auto_changes: list[str] = []
     if settings.get("offload") == "auto" and not e.fits and fixes and not fixes[0].changes[0].startswith("resolution"):
