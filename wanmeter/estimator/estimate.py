@@ -178,7 +178,8 @@ def estimate(workload: Workload, plan: Plan, gpu: GpuSpec, prices: Prices | floa
     peak, phase, breakdown = vram_peak(phases, cal)
     # The same headroom is kept under a user budget as under the card's own size: a plan planned to the last
     # byte fails on the first allocation the model did not foresee.
-    limit = (plan.budget_gib if plan.budget_gib is not None else gpu.usable_gib) - float(cal.v("overhead.vram_reserve_gib"))
+    limit = plan.budget_gib if plan.budget_gib is not None else gpu.usable_gib
+    reserve = float(cal.v("overhead.vram_reserve_gib"))
     ram = ram_breakdown(s, workload, plan, cal)
     ram_total = sum(ram.values())
     t = phase_times(s, workload, plan, gpu, cal)
@@ -202,7 +203,7 @@ def estimate(workload: Workload, plan: Plan, gpu: GpuSpec, prices: Prices | floa
     return Estimate(
         workload=workload, plan=plan, gpu=gpu, vram_peak_gib=peak / GIB, vram_peak_phase=phase,
         vram_breakdown=breakdown, vram_phases_gib={k: sum(v.values()) / GIB for k, v in phases.items()},
-        vram_limit_gib=float(limit), fits=peak / GIB <= limit,
+        vram_limit_gib=float(limit), fits=peak / GIB <= limit - reserve,
         ram_gib=ram_total, ram_breakdown=ram, ram_fits=None if plan.ram_gib is None else ram_total <= plan.ram_gib,
         load_cold_s=t.load_cold, text_encode_s=t.text_encode, transfers_s=t.transfers, denoise_s=t.denoise,
         decode_s=t.decode, denoise_parts=t.denoise_parts, forwards=t.forwards, flops_total=lin + att,
