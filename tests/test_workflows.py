@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 WF = ROOT / "workflows"
 WORKFLOWS = sorted(WF.glob("*.json"))
-OURS = {"wan22_t2v_a14b.json", "wan22_i2v_a14b.json", "wan22_ti2v_5b.json"}
+OURS = {"wan22_t2v_a14b.json", "wan22_i2v_a14b.json", "wan22_ti2v_5b.json", "wan22_s2v_14b.json"}
 
 # Native ComfyUI nodes the workflows use, with their widget count (ComfyUI 0.3.64).
 NATIVE_WIDGETS = {"CreateVideo": 1, "SaveVideo": 3, "LoadImage": 2, "LoadAudio": 3}
@@ -27,8 +27,13 @@ OFFICIAL_FILES = {
     "wan22_i2v_a14b.json": {"wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors",
                             "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan_2.1_vae.safetensors"},
     "wan22_ti2v_5b.json": {"wan2.2_ti2v_5B_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan2.2_vae.safetensors"},
+    "wan22_s2v_14b.json": {"wan2.2_s2v_14B_fp8_scaled.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                           "wan_2.1_vae.safetensors", "wav2vec2_large_english_fp16.safetensors"},
 }
-VARIANT = {"wan22_t2v_a14b.json": "t2v_a14b", "wan22_i2v_a14b.json": "i2v_a14b", "wan22_ti2v_5b.json": "ti2v_5b"}
+VARIANT = {"wan22_t2v_a14b.json": "t2v_a14b", "wan22_i2v_a14b.json": "i2v_a14b", "wan22_ti2v_5b.json": "ti2v_5b",
+           "wan22_s2v_14b.json": "s2v_14b"}
+NODE_TITLE = 30  # LiteGraph: a node's title bar is drawn above its pos
+GROUP_TITLE = 34  # a group's title bar: font_size 24 plus padding
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +144,18 @@ def test_official_files_and_defaults(name, pack):
     strings = {v for n in wf["nodes"] for v in n["widgets_values"] if isinstance(v, str)}
     assert OFFICIAL_FILES[name] <= strings
     f = variant(VARIANT[name])
+    types = {n["type"] for n in wf["nodes"]}
+    assert "WanMeterEstimator" in types
+    loader = next(n for n in wf["nodes"] if n["type"] == "WanMeterModelLoader")["widgets_values"]
+    assert loader[6:8] == [False, False]  # fp8_compute, compile: off
+    if VARIANT[name] == "s2v_14b":
+        s = next(n for n in wf["nodes"] if n["type"] == "WanMeterS2VSampler")["widgets_values"]
+        assert [s[0], s[1]] in [list(x) for x in f["sizes"]]
+        assert s[2] == f["default_steps"] and s[3] == f["default_cfg"][0] and s[4] == f["default_shift"]
+        assert {"LoadImage", "LoadAudio", "WanMeterS2VAudio", "CreateVideo", "SaveVideo"} <= types
+        return
     s = next(n for n in wf["nodes"] if n["type"] == "WanMeterSampler")["widgets_values"]
+    assert s[-3:] == ["none", 0.0, 1]  # step_cache, cache_threshold, num_gpus: off
     assert [s[0], s[1]] in [list(x) for x in f["sizes"]]
     assert s[2] == f["default_frames"] and s[3] == f["default_steps"] and s[6] == f["default_shift"]
     assert s[4] == f["default_cfg"][0]
@@ -149,6 +165,33 @@ def test_official_files_and_defaults(name, pack):
     assert {"WanMeterEstimator", "WanMeterModelLoader", "WanMeterSampler", "CreateVideo", "SaveVideo"} <= types
     if name != "wan22_t2v_a14b.json":
         assert "LoadImage" in types
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_group_layout(name):
+    """Group title bars never sit under a node; a group covers each node it overlaps (title bar
+    included); groups do not overlap each other."""
+    wf = json.loads((WF / name).read_text(encoding="utf-8"))
+
+    def inter(a, b):
+        return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+    boxes = {n["id"]: (n["pos"][0], n["pos"][1] - NODE_TITLE, n["size"][0], n["size"][1] + NODE_TITLE)
+             for n in wf["nodes"]}
+    groups = [g["bounding"] for g in wf["groups"]]
+    assert groups
+    for g in groups:
+        title = (g[0], g[1], g[2], GROUP_TITLE)
+        for nid, box in boxes.items():
+            assert not inter(title, box), f"{name}: group title at {g} is under node {nid}"
+            if inter(g, box):
+                assert g[0] <= box[0] and g[1] <= box[1] and box[0] + box[2] <= g[0] + g[2] \
+                    and box[1] + box[3] <= g[1] + g[3], f"{name}: node {nid} sticks out of group {g}"
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            assert not inter(a, b), f"{name}: groups {a} and {b} overlap"
+    grouped = [nid for nid, box in boxes.items() if any(inter(g, box) for g in groups)]
+    assert len(grouped) == len(boxes), f"{name}: nodes outside every group"
 
 
 @pytest.mark.parametrize("name", sorted(OURS))

@@ -25,6 +25,7 @@ NATIVE: dict[str, dict[str, Any]] = {
     "SaveVideo": {"inputs": [("video", "VIDEO", False)], "widgets": ["filename_prefix", "format", "codec"],
                   "outputs": []},
     "LoadImage": {"inputs": [], "widgets": ["image", "upload"], "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")]},
+    "LoadAudio": {"inputs": [], "widgets": ["audio", "audioUI", "upload"], "outputs": [("AUDIO", "AUDIO")]},
 }
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -34,6 +35,8 @@ PROMPTS = {
                 "Low tracking shot at the fox's eye level, soft golden light through the trees, shallow depth of field.",
     "i2v_a14b": "The subject in the picture slowly turns toward the camera and smiles; a light breeze moves the hair. "
                 "The camera pushes in gently. Natural light, realistic motion.",
+    "s2v_14b": "A woman sits at a wooden desk facing the camera and talks calmly, natural gestures, soft window light, "
+               "realistic lip movement.",
     "ti2v_5b": "A street musician plays an acoustic guitar in a subway station, commuters walking past in soft focus, "
                "warm tungsten light, handheld camera with gentle sway.",
 }
@@ -56,8 +59,21 @@ SPECS = {
         "model": "wan2.2_ti2v_5B_fp16.safetensors", "model_low": "none",
         "weight_dtype": "bf16", "vae": "wan2.2_vae.safetensors", "image": "optional",
     },
+    "s2v_14b": {
+        "file": "wan22_s2v_14b", "title": "Wan2.2 S2V-14B (WanMeter)",
+        "model": "wan2.2_s2v_14B_fp8_scaled.safetensors", "model_low": "none",
+        "weight_dtype": "fp8_e4m3fn", "vae": "wan_2.1_vae.safetensors", "image": "required",
+    },
 }
 TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+AUDIO_ENCODER = "wav2vec2_large_english_fp16.safetensors"
+
+# LiteGraph geometry: a node's title bar sits above its pos (NODE_TITLE px); a group's title bar
+# is the top GROUP_TITLE px of its bounding. Groups are sized from their member nodes so their
+# title never sits under a node and every member (title bar included) is inside.
+NODE_TITLE = 30
+GROUP_TITLE = 40
+GROUP_PAD = 15
 
 
 def load_pack():
@@ -138,9 +154,15 @@ class Builder:
         d["inputs"][ii]["link"] = lid
         return lid
 
-    def group(self, title: str, bounding, color: str) -> None:
-        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": list(bounding), "color": color,
-                            "font_size": 24, "flags": {}})
+    def group(self, title: str, members: list[int], color: str) -> None:
+        """A group around `members` (node ids): their boxes incl. title bars, plus the group's title bar."""
+        nodes = [self.nodes[i - 1] for i in members]
+        x0 = min(n["pos"][0] for n in nodes) - GROUP_PAD
+        y0 = min(n["pos"][1] for n in nodes) - NODE_TITLE - GROUP_TITLE
+        x1 = max(n["pos"][0] + n["size"][0] for n in nodes) + GROUP_PAD
+        y1 = max(n["pos"][1] + n["size"][1] for n in nodes) + GROUP_PAD
+        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
+                            "color": color, "font_size": 24, "flags": {}})
 
     def workflow(self, key: str) -> dict[str, Any]:
         for n in self.nodes:
@@ -157,19 +179,27 @@ class Builder:
         }
 
 
+LOADER_SPEED_OFF = {"fp8_compute": False, "compile": False}
+SAMPLER_SPEED_OFF = {"step_cache": "none", "cache_threshold": 0.0, "num_gpus": 1}
+ESTIMATOR = {"gpu": "auto", "price_per_hour": 0.0, "videos_per_month": 100, "budget_gb": 0.0}
+
+
 def build(pack, key: str) -> dict[str, Any]:
     from wanmeter.variants import variant as facts
 
+    if key == "s2v_14b":
+        return build_s2v(pack)
     v, sp = facts(key), SPECS[key]
     w, h = v["sizes"][0]
     cfg = list(v["default_cfg"]) + list(v["default_cfg"])[:1]
     b = Builder(pack)
     loader = b.add("WanMeterModelLoader", {
         "model": sp["model"], "weight_dtype": sp["weight_dtype"], "compute_dtype": "bf16", "offload": "auto",
-        "blocks_to_stream": 0, "attention": "auto", "model_low_noise": sp["model_low"]}, (0, 0), (380, 230))
+        "blocks_to_stream": 0, "attention": "auto", **LOADER_SPEED_OFF, "model_low_noise": sp["model_low"]},
+        (0, 0), (380, 280))
     te = b.add("WanMeterTextEncoderLoader", {"text_encoder": TEXT_ENCODER, "device": "gpu", "dtype": "bf16"},
-               (0, 270), (380, 110))
-    vae = b.add("WanMeterVAELoader", {"vae": sp["vae"], "tiled": False, "dtype": "bf16"}, (0, 420), (380, 110))
+               (0, 320), (380, 110))
+    vae = b.add("WanMeterVAELoader", {"vae": sp["vae"], "tiled": False, "dtype": "bf16"}, (0, 470), (380, 110))
     from_text = pack.nodes.text.OFFICIAL_NEGATIVE_PROMPT
     enc = b.add("WanMeterTextEncode", {"positive": PROMPTS[key], "negative": from_text}, (430, 0), (420, 380))
     img = None
@@ -180,13 +210,12 @@ def build(pack, key: str) -> dict[str, Any]:
         "width": w, "height": h, "frames": v["default_frames"], "steps": v["default_steps"],
         "cfg_high": float(cfg[0]), "cfg_low": float(cfg[1]), "shift": float(v["default_shift"]), "seed": 42,
         "seed:control_after_generate": "fixed", "batch_size": 1, "scheduler": "unipc", "boundary": 0.0,
-        "denoise": 1.0}, (900, 0), (340, 480))
+        "denoise": 1.0, **SAMPLER_SPEED_OFF}, (900, 0), (340, 560))
     dec = b.add("WanMeterVAEDecode", {"tiled": "auto"}, (1290, 0), (300, 100))
     cv = b.add("CreateVideo", {"fps": float(v["fps"])}, (1290, 140), (300, 80))
     sv = b.add("SaveVideo", {"filename_prefix": f"video/WanMeter_{key}", "format": "auto", "codec": "auto"},
                (1290, 260), (300, 360))
-    est = b.add("WanMeterEstimator", {"gpu": "auto", "price_per_hour": 0.0, "videos_per_month": 100,
-                                      "budget_gb": 0.0}, (1640, 0), (440, 520))
+    est = b.add("WanMeterEstimator", ESTIMATOR, (1640, 0), (440, 520))
     note = ("Models (ComfyUI folders):\n"
             f"- diffusion_models: {sp['model']}" + (f", {sp['model_low']}" if sp["model_low"] != "none" else "") + "\n"
             f"- text_encoders: {TEXT_ENCODER}\n- vae: {sp['vae']}\n\n"
@@ -195,7 +224,7 @@ def build(pack, key: str) -> dict[str, Any]:
             f"{w}x{h}, {v['default_frames']} frames, {v['default_steps']} steps, shift {v['default_shift']}.")
     if sp["image"] == "optional":
         note += "\n\nImage-to-video: un-bypass Load Image (Ctrl+B) to use it as the first frame."
-    b.add("Note", {"text": note}, (0, 570), (380, 260))
+    note_id = b.add("Note", {"text": note}, (0, 620), (380, 260))
 
     b.link(loader, "model", sampler, "model")
     b.link(te, "text_encoder", enc, "text_encoder")
@@ -209,10 +238,69 @@ def build(pack, key: str) -> dict[str, Any]:
     b.link(dec, "IMAGE", cv, "images")
     b.link(cv, "VIDEO", sv, "video")
 
-    b.group("1. Load models", (-20, -40, 420, 590), "#3f789e")
-    b.group("2. Prompt" + (" and first frame" if img else ""), (410, -40, 460, 800), "#a1309b")
-    b.group("3. Sample and save", (880, -40, 730, 700), "#b06634")
-    b.group("Estimate: VRAM / time / cost", (1620, -40, 480, 580), "#8A8")
+    b.group("1. Load models", [loader, te, vae, note_id], "#3f789e")
+    b.group("2. Prompt" + (" and first frame" if img else ""), [enc] + ([img] if img else []), "#a1309b")
+    b.group("3. Sample and save", [sampler, dec, cv, sv], "#b06634")
+    b.group("Estimate: VRAM / time / cost", [est], "#8A8")
+    return b.workflow(key)
+
+
+def build_s2v(pack) -> dict[str, Any]:
+    """S2V-14B: LoadImage + LoadAudio -> WanMeter S2V Audio / Sampler -> CreateVideo (with the audio)."""
+    from wanmeter.variants import variant as facts
+
+    key = "s2v_14b"
+    v, sp = facts(key), SPECS[key]
+    w, h = 832, 480  # the official 480p size (sizes[2]): 1024x704 needs far more VRAM per clip
+    b = Builder(pack)
+    loader = b.add("WanMeterModelLoader", {
+        "model": sp["model"], "weight_dtype": sp["weight_dtype"], "compute_dtype": "bf16", "offload": "none",
+        "blocks_to_stream": 0, "attention": "auto", **LOADER_SPEED_OFF, "model_low_noise": "none"},
+        (0, 0), (380, 280))
+    te = b.add("WanMeterTextEncoderLoader", {"text_encoder": TEXT_ENCODER, "device": "gpu", "dtype": "bf16"},
+               (0, 320), (380, 110))
+    vae = b.add("WanMeterVAELoader", {"vae": sp["vae"], "tiled": False, "dtype": "bf16"}, (0, 470), (380, 110))
+    enc = b.add("WanMeterTextEncode", {"positive": PROMPTS[key], "negative": pack.nodes.text.OFFICIAL_NEGATIVE_PROMPT},
+                (430, 0), (420, 330))
+    img = b.add("LoadImage", {"image": "example.png", "upload": "image"}, (430, 370), (320, 320))
+    aud = b.add("LoadAudio", {"audio": "speech.wav", "audioUI": None, "upload": None}, (430, 730), (320, 140))
+    s2a = b.add("WanMeterS2VAudio", {"audio_encoder": AUDIO_ENCODER, "audio_scale": 1.0, "device": "gpu", "clips": 0},
+                (900, 600), (340, 170))
+    sampler = b.add("WanMeterS2VSampler", {
+        "width": w, "height": h, "steps": v["default_steps"], "cfg": float(v["default_cfg"][0]),
+        "shift": float(v["default_shift"]), "seed": 42, "seed:control_after_generate": "fixed",
+        "drop_first_motion": True}, (900, 0), (340, 560))
+    cv = b.add("CreateVideo", {"fps": float(v["fps"])}, (1290, 0), (300, 80))
+    sv = b.add("SaveVideo", {"filename_prefix": f"video/WanMeter_{key}", "format": "auto", "codec": "auto"},
+               (1290, 120), (300, 360))
+    est = b.add("WanMeterEstimator", ESTIMATOR, (1640, 0), (440, 520))
+    sizes = ", ".join(f"{a}x{c}" for a, c in v["sizes"])
+    note = ("Models (ComfyUI folders):\n"
+            f"- diffusion_models: {sp['model']}\n- text_encoders: {TEXT_ENCODER}\n- vae: {sp['vae']}\n"
+            f"- audio_encoders: {AUDIO_ENCODER}\n\n"
+            "Speech to video: the reference image is animated clip by clip (80 frames = 5 s at 16 fps each); "
+            "clips = 0 on WanMeter S2V Audio covers the whole audio. The output video keeps the audio. "
+            f"Official defaults: {v['default_steps']} steps, CFG {v['default_cfg'][0]:g}, shift {v['default_shift']:g}; "
+            f"sizes {sizes}. Connect a pose video (IMAGE, 16 fps) to pose_video to drive the motion.\n\n"
+            "The WanMeter Estimator shows VRAM, time and cost per 5 s clip (or for the clips you set).")
+    note_id = b.add("Note", {"text": note}, (0, 620), (380, 300))
+
+    b.link(loader, "model", sampler, "model")
+    b.link(te, "text_encoder", enc, "text_encoder")
+    b.link(enc, "positive", sampler, "positive")
+    b.link(enc, "negative", sampler, "negative")
+    b.link(img, "IMAGE", sampler, "ref_image")
+    b.link(vae, "vae", sampler, "vae")
+    b.link(aud, "AUDIO", s2a, "audio")
+    b.link(s2a, "s2v_audio", sampler, "s2v_audio")
+    b.link(sampler, "frames", cv, "images")
+    b.link(sampler, "audio", cv, "audio")
+    b.link(cv, "VIDEO", sv, "video")
+
+    b.group("1. Load models", [loader, te, vae, note_id], "#3f789e")
+    b.group("2. Prompt, face and voice", [enc, img, aud], "#a1309b")
+    b.group("3. Sample and save", [sampler, s2a, cv, sv], "#b06634")
+    b.group("Estimate: VRAM / time / cost", [est], "#8A8")
     return b.workflow(key)
 
 
@@ -223,7 +311,7 @@ def thumbnail(key: str, wf: dict[str, Any], dest: Path) -> None:
     from wanmeter.variants import variant as facts
 
     v = facts(key)
-    sampler = next(n for n in wf["nodes"] if n["type"] == "WanMeterSampler")
+    sampler = next(n for n in wf["nodes"] if n["type"] in ("WanMeterSampler", "WanMeterS2VSampler"))
     wv = sampler["widgets_values"]
     img = Image.new("RGB", (512, 512), (24, 28, 38))
     d = ImageDraw.Draw(img)
@@ -236,8 +324,11 @@ def thumbnail(key: str, wf: dict[str, Any], dest: Path) -> None:
     d.rectangle((0, 0, 512, 8), fill=(90, 170, 120))
     d.text((28, 36), "Wan2.2", font=mid, fill=(170, 180, 200))
     d.text((28, 66), v["label"], font=big, fill=(240, 240, 245))
-    lines = [f"{wv[0]}x{wv[1]}, {wv[2]} frames @ {v['fps']} fps", f"{wv[3]} steps, shift {wv[6]:g}, "
-             + (f"CFG {wv[4]:g}/{wv[5]:g}" if v["experts"] == 2 else f"CFG {wv[4]:g}")]
+    if sampler["type"] == "WanMeterS2VSampler":
+        lines = [f"{wv[0]}x{wv[1]}, 80-frame clips @ {v['fps']} fps", f"{wv[2]} steps, shift {wv[4]:g}, CFG {wv[3]:g}"]
+    else:
+        lines = [f"{wv[0]}x{wv[1]}, {wv[2]} frames @ {v['fps']} fps", f"{wv[3]} steps, shift {wv[6]:g}, "
+                 + (f"CFG {wv[4]:g}/{wv[5]:g}" if v["experts"] == 2 else f"CFG {wv[4]:g}")]
     y = 140
     for line in lines:
         d.text((28, y), line, font=mid, fill=(210, 215, 225))
@@ -265,10 +356,11 @@ def estimate_lines(wf: dict[str, Any]) -> list[str]:
 
         s["variant"] = pack.nodes.routes.guess_variant_from_name(s["model"])
         out = []
+        unit = "clip" if s["variant"] == "s2v_14b" else "video"
         for gpu in ("H100 SXM", "RTX 4090"):
             body = ea.run_estimate({**s, "gpu": gpu, "offload": "auto"}, None)
             fit = "" if body["fits"] else " (does not fit)"
-            out.append(f"{gpu}: {body['seconds_per_video'] / 60:.0f} min, ${body['cost_per_video']:.2f}/video, "
+            out.append(f"{gpu}: {body['seconds_per_video'] / 60:.0f} min, ${body['cost_per_video']:.2f}/{unit}, "
                        f"{body['peak_vram_gib']:.0f} GiB{fit}")
         return out
     except Exception as e:  # the estimator is written separately; the card works without it
