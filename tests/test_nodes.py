@@ -18,14 +18,14 @@ _spec.loader.exec_module(stubs)
 
 EXPECTED = {
     "WanMeterModelLoader", "WanMeterTextEncoderLoader", "WanMeterTextEncode", "WanMeterVAELoader",
-    "WanMeterVAEDecode", "WanMeterVAEEncode", "WanMeterSampler", "WanMeterEstimator",
+    "WanMeterVAEDecode", "WanMeterVAEEncode", "WanMeterSampler", "WanMeterEstimator", "WanMeterLoRA",
 }
 
 
 @pytest.fixture()
 def models_dir(tmp_path):
     d = tmp_path / "models"
-    for sub in ("diffusion_models/wan", "text_encoders", "vae", "audio_encoders"):
+    for sub in ("diffusion_models/wan", "text_encoders", "vae", "audio_encoders", "loras"):
         (d / sub).mkdir(parents=True)
     (d / "diffusion_models/wan/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors").write_bytes(b"")
     (d / "diffusion_models/wan2.2-ti2v-5b-Q4_K_M.gguf").write_bytes(b"")
@@ -37,6 +37,8 @@ def models_dir(tmp_path):
 def pack(models_dir, monkeypatch):
     for name, mod in stubs.make_stubs(models_dir).items():
         monkeypatch.setitem(sys.modules, name, mod)
+    fp = sys.modules["folder_paths"]  # ComfyUI always has "loras"; the shared stubs do not
+    fp.folder_names_and_paths["loras"] = ([str(models_dir / "loras")], set(stubs.SUPPORTED))
     mod = stubs.import_pack()
     yield mod
     for k in [k for k in sys.modules if k == stubs.PACK or k.startswith(stubs.PACK + ".")]:
@@ -94,6 +96,11 @@ def test_model_loader_widgets(pack):
     assert set(req["required"]["offload"][0]) == {"none", "model", "blocks", "auto"}
     assert req["required"]["blocks_to_stream"][1]["min"] == 0 and req["required"]["blocks_to_stream"][1]["max"] == 40
     assert req["required"]["attention"][0] == ["auto", "sdpa", "sdpa_flash", "sdpa_cudnn", "sage", "flash"]
+    # speed options appended at the end of "required" (saved workflows keep their widget order)
+    assert list(req["required"])[-2:] == ["fp8_compute", "compile"]
+    for k in ("fp8_compute", "compile"):
+        assert req["required"][k][0] == "BOOLEAN" and req["required"][k][1]["default"] is False
+    assert "1.05-1.12x" in req["required"]["fp8_compute"][1]["tooltip"]
 
 
 def test_sampler_widgets(pack):
@@ -103,6 +110,24 @@ def test_sampler_widgets(pack):
     assert r["scheduler"][0] == ["unipc", "euler"]
     assert "A14B only" in r["cfg_low"][1]["tooltip"]
     assert set(req["optional"]) == {"latent", "start_image", "vae"}
+    assert list(r)[-3:] == ["step_cache", "cache_threshold", "num_gpus"]
+    assert r["step_cache"][0] == ["none", "first_block", "taylorseer"] and r["step_cache"][1]["default"] == "none"
+    assert r["num_gpus"][1]["default"] == 1 and (r["num_gpus"][1]["min"], r["num_gpus"][1]["max"]) == (1, 8)
+    samp = pack.nodes.sampler
+    assert samp.step_cache_options("none", 0.3) is None
+    assert samp.step_cache_options("first_block", 0.0) == {"kind": "first_block"}
+    assert samp.step_cache_options("first_block", 0.1) == {"kind": "first_block", "threshold": 0.1}
+    assert samp.step_cache_options("taylorseer", 3.0) == {"kind": "taylorseer", "threshold": 3}
+
+
+def test_lora_node_widgets(pack, models_dir):
+    (models_dir / "loras" / "style.safetensors").write_bytes(b"")
+    req = pack.NODE_CLASS_MAPPINGS["WanMeterLoRA"].INPUT_TYPES()["required"]
+    assert list(req) == ["model", "lora", "strength", "apply_to"]
+    assert req["model"][0] == "WANMETER_MODEL" and "fp8" in req["model"][1]["tooltip"]
+    assert req["lora"][0] == ["style.safetensors"]
+    assert req["apply_to"][0] == ["both", "high_noise", "low_noise"]
+    assert pack.NODE_CLASS_MAPPINGS["WanMeterLoRA"].RETURN_TYPES == ("WANMETER_MODEL",)
 
 
 def test_negative_prompt_default_is_official(pack, wan22_ref):
@@ -375,3 +400,157 @@ def test_start_image_sizes(pack):
     assert ic.i2v_size(1000, 1000, 832 * 480) == (624, 624)
     assert ic.ti2v_size(1280, 720, 1280 * 704) == (1248, 704)  # the official TI2V rule for a 16:9 image
     assert ic.ti2v_size(704, 1280, 1280 * 704) == (704, 1280)
+
+
+# ---------------------------------------------------------------- speed options, LoRA, multi-GPU, auto plan
+
+def _lora_helpers():
+    spec = importlib.util.spec_from_file_location("wanmeter_test_accel_lora", Path(__file__).with_name("test_accel_lora.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _fresh_expert(path):
+    from wanmeter.loader import load_dit
+
+    return load_dit(path, weight_dtype="fp32", compute_dtype="bf16", device="cpu").model
+
+
+def test_lora_node_merges_undoes_and_chains(pack, tiny_models, models_dir):
+    from safetensors.torch import save_file
+
+    helpers = _lora_helpers()
+    lora = helpers._comfy_lora("lora_down")
+    save_file(lora, str(models_dir / "loras" / "tiny_lora.safetensors"))
+    m = pack.NODE_CLASS_MAPPINGS
+    (model,) = m["WanMeterModelLoader"]().load(tiny_models["dit_t2v_high"], "fp32", "bf16", "none", 0, "sdpa",
+                                                model_low_noise=tiny_models["dit_t2v_low"])
+    high_path = models_dir / "diffusion_models" / tiny_models["dit_t2v_high"]
+    low_path = models_dir / "diffusion_models" / tiny_models["dit_t2v_low"]
+    node = m["WanMeterLoRA"]()
+    (out,) = node.apply(model, "tiny_lora.safetensors", 0.5, "high_noise", unique_id="7")
+    assert out is model
+    want_high = helpers._reference_merge(_fresh_expert(high_path), lora, 0.5)
+    untouched_low = _fresh_expert(low_path).state_dict()
+    got_high, got_low = model.experts[0].state_dict(), model.experts[1].state_dict()
+    for k, v in want_high.items():
+        torch.testing.assert_close(got_high[k], v, rtol=1e-5, atol=1e-5)
+    for k, v in untouched_low.items():
+        assert torch.equal(got_low[k], v), k
+    # the same node again with another strength: its old LoRA comes out first (not 0.5 + 1.0)
+    node.apply(model, "tiny_lora.safetensors", 1.0, "both", unique_id="7")
+    want_high = helpers._reference_merge(_fresh_expert(high_path), lora, 1.0)
+    want_low = helpers._reference_merge(_fresh_expert(low_path), lora, 1.0)
+    for k in want_high:
+        torch.testing.assert_close(model.experts[0].state_dict()[k], want_high[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.experts[1].state_dict()[k], want_low[k], rtol=1e-4, atol=1e-5)
+    # a second node chains; the bundle remembers both for the multi-GPU workers
+    m["WanMeterLoRA"]().apply(model, "tiny_lora.safetensors", 0.25, "low_noise", unique_id="8")
+    assert [(l.strength, l.apply_to) for l in model.wanmeter_source.loras] == [(1.0, "both"), (0.25, "low_noise")]
+
+    # the multi-GPU factory rebuilds the same weights from the files (and survives pickling)
+    import pickle
+
+    pb = pack.nodes.parallel_bundle
+    factory = pickle.loads(pickle.dumps(pb.BundleFactory(model.wanmeter_source)))
+    rebuilt = factory(torch.device("cpu"))
+    assert rebuilt.variant == "t2v_a14b" and rebuilt.runtime.offload == "none"
+    for a, b in zip(rebuilt.experts, model.experts):
+        for k, v in b.state_dict().items():
+            torch.testing.assert_close(a.state_dict()[k], v, rtol=1e-4, atol=1e-5)
+
+    with pytest.raises(pack.nodes.common.WanMeterError, match="not found"):
+        node.apply(model, "missing.safetensors", 1.0, "both", unique_id="9")
+
+
+def test_lora_node_refuses_fp8_weights(pack, tiny_models, models_dir):
+    from safetensors.torch import save_file
+
+    save_file(_lora_helpers()._comfy_lora("lora_down"), str(models_dir / "loras" / "tiny_lora.safetensors"))
+    m = pack.NODE_CLASS_MAPPINGS
+    (model,) = m["WanMeterModelLoader"]().load(tiny_models["dit_t2v_high"], "fp8_e4m3fn", "bf16", "none", 0, "sdpa",
+                                                model_low_noise=tiny_models["dit_t2v_low"])
+    with pytest.raises(pack.nodes.common.WanMeterError, match="bf16/fp16"):
+        m["WanMeterLoRA"]().apply(model, "tiny_lora.safetensors", 1.0, "both", unique_id="1")
+
+
+def test_speed_options_reach_the_runtime(pack, tiny_models):
+    m = pack.NODE_CLASS_MAPPINGS
+    (model,) = m["WanMeterModelLoader"]().load(tiny_models["dit_ti2v"], "bf16", "bf16", "none", 0, "sdpa",
+                                                fp8_compute=False, compile=False)
+    assert model.runtime.fp8_compute is False and model.runtime.compile is False
+    src = model.wanmeter_source
+    assert src.variant == "ti2v_5b" and src.low_path is None and src.high_path.endswith(tiny_models["dit_ti2v"])
+    (te,) = m["WanMeterTextEncoderLoader"]().load(tiny_models["umt5_fp16"], "gpu", "fp32")
+    pos, neg = m["WanMeterTextEncode"]().encode(te, "a fox", "blurry")
+    out = m["WanMeterSampler"]().sample(model, pos, neg, 64, 64, 5, 2, 4.0, 3.0, 5.0, 1, 1, "unipc", 0.0, 1.0,
+                                        step_cache="first_block", cache_threshold=0.1, num_gpus=1)
+    assert model.runtime.step_cache == {"kind": "first_block", "threshold": 0.1}
+    assert torch.isfinite(out["result"][0]["samples"]).all()
+    # fp8 compute on a CPU: the engine's error, naming the fix, comes through
+    with pytest.raises(pack.nodes.common.WanMeterError, match="fp8 compute needs"):
+        (m8,) = m["WanMeterModelLoader"]().load(tiny_models["dit_ti2v"], "bf16", "bf16", "none", 0, "sdpa",
+                                                 fp8_compute=True)
+        m["WanMeterSampler"]().sample(m8, pos, neg, 64, 64, 5, 1, 4.0, 3.0, 5.0, 1, 1, "unipc", 0.0, 1.0)
+    # more GPUs than visible: a clear error with the count
+    with pytest.raises(pack.nodes.common.WanMeterError, match=r"num_gpus=2 but ComfyUI sees 0 CUDA GPU"):
+        m["WanMeterSampler"]().sample(model, pos, neg, 64, 64, 5, 2, 4.0, 3.0, 5.0, 1, 1, "unipc", 0.0, 1.0,
+                                      num_gpus=2)
+
+
+def test_loader_auto_plan_uses_memplan(pack, tiny_models, monkeypatch):
+    from wanmeter.loader import inspect_dit
+
+    memplan = importlib.import_module(stubs.PACK + ".wanmeter.memplan")
+    gib = 1024 ** 3
+    monkeypatch.setattr(memplan, "free_memory", lambda device=None: (20 * gib, 64 * gib, "rtx4090"))
+    loaders = pack.nodes.loaders
+    info = inspect_dit(Path(sys.modules["folder_paths"].get_full_path("diffusion_models", tiny_models["dit_t2v_high"])))
+    offload, blocks, wd, text = loaders.auto_plan(info, "bf16", "auto", torch.device("cuda"))
+    # A14B at 1280x720x81 in 20 GiB: weights cannot all stay resident
+    assert offload in ("model", "blocks") and (blocks > 0) == (offload == "blocks")
+    assert text.startswith("auto plan (1280x720, 81 frames)") and "GiB" in text
+    big = loaders.auto_plan(info, "bf16", "auto", torch.device("cuda"))
+    monkeypatch.setattr(memplan, "free_memory", lambda device=None: (140 * gib, 256 * gib, "h200"))
+    roomy = loaders.auto_plan(info, "bf16", "auto", torch.device("cuda"))
+    assert roomy[0] in ("none", "model") and roomy[1] == 0 and big[1] >= roomy[1]
+
+
+def test_estimate_auto_offload_respects_budget(pack):
+    routes = pack.nodes.routes
+    _, free = routes.estimate_reply(_settings(gpu="H100 SXM", offload="auto", weight_dtype="bf16"))
+    _, tight = routes.estimate_reply(_settings(gpu="H100 SXM", offload="auto", weight_dtype="bf16", budget_gb=24))
+    assert free["fits"] and tight["fits"], tight
+    assert tight["peak_vram_gib"] <= 24 < free["peak_vram_gib"]
+    assert tight["notes"][1].startswith("offload auto within 24 GiB")
+    assert tight["seconds_per_video"] >= free["seconds_per_video"]
+    _, none = routes.estimate_reply(_settings(gpu="H100 SXM", offload="auto", budget_gb=2))
+    assert none["fits"] is False and "nothing fits" in none["notes"][1]
+
+
+def test_estimate_new_settings_and_s2v(pack):
+    ea, routes = pack.nodes.estimate_adapter, pack.nodes.routes
+    prompt = {
+        "1": {"class_type": "WanMeterModelLoader", "inputs": {"model": "wan2.2_s2v_14B_fp8_scaled.safetensors",
+              "weight_dtype": "fp8_e4m3fn", "offload": "none", "blocks_to_stream": 0, "attention": "auto",
+              "fp8_compute": True, "compile": True, "model_low_noise": "none"}},
+        "4": {"class_type": "WanMeterS2VAudio", "inputs": {"audio": ["3", 0], "clips": 0}},
+        "5": {"class_type": "WanMeterS2VSampler", "inputs": {"model": ["1", 0], "width": 832, "height": 480,
+              "steps": 40, "cfg": 4.5}},
+        "6": {"class_type": "WanMeterLoRA", "inputs": {"model": ["1", 0]}},
+    }
+    s = ea.settings_from_prompt(prompt)
+    assert s["frames"] == 80 and s["s2v_clips"] == 0 and s["cfg_high"] == 4.5 and s["loras"] == 1
+    assert s["fp8_compute"] is True and s["compile"] is True
+    status, one = routes.estimate_reply({**s, "gpu": "H100 SXM"})
+    assert status == 200, one
+    assert one["variant"] == "s2v_14b" and any("per 5 s clip" in n for n in one["notes"])
+    prompt["4"]["inputs"]["clips"] = 3
+    _, three = routes.estimate_reply({**ea.settings_from_prompt(prompt), "gpu": "H100 SXM"})
+    assert not any("per 5 s clip" in n for n in three["notes"])
+    assert 2.5 < three["seconds_per_video"] / one["seconds_per_video"] < 3.5
+    # fp8 compute + compile change the T2V estimate (the estimator models them)
+    _, base = routes.estimate_reply(_settings(gpu="H100 SXM"))
+    _, fast = routes.estimate_reply(_settings(gpu="H100 SXM", fp8_compute=True, compile=True, step_cache="none"))
+    assert fast["seconds_per_video"] < base["seconds_per_video"]
