@@ -81,19 +81,51 @@ def apply_plan(model, p: Plan, env: cb.Env) -> None:
                                offload_type="block_level", num_blocks_per_group=1, use_stream=True)
 
 
-def run_config(env: cb.Env, cfg, gpu, cache: dict) -> dict:
+def config_plan(cfg, gpu) -> tuple[Workload, Plan, str]:
+    """The workload and plan a configuration runs with (a budgeted one takes the fastest fix)."""
     name, var, w_, h_, f_, plan_kw = cfg
     budget = plan_kw.get("budget_gib")
     w = Workload(variant=var, width=w_, height=h_, frames=f_)
     p = Plan(**plan_kw)
-    row = {"config": name, "plan": p.describe()}
+    desc = p.describe()
     if budget:
         # The fastest fix; only its DiT-side changes (fp8 weights, streamed blocks) act on the sampling
         # phase measured here: text-encoder placement and tiled decode change other phases.
         fixes = suggest_fixes(w, p, gpu)
         if fixes:
             p = fixes[0].plan
-            row["plan"] = f"budget {budget} GiB -> {', '.join(fixes[0].changes)}"
+            desc = f"budget {budget} GiB -> {', '.join(fixes[0].changes)}"
+    return w, p, desc
+
+
+def recheck(path: str, gpu) -> list[dict]:
+    """Today's estimator against measurements saved by an earlier GPU run (no GPU needed): keeps the
+    README's accuracy table true when the estimator changes."""
+    saved = {r["config"]: r for r in json.loads(Path(path).read_text(encoding="utf-8"))["measured"]}
+    rows = []
+    for cfg in CONFIGS:
+        m = saved.get(cfg[0])
+        if m is None or not m.get("meas_s"):
+            continue
+        w, p, desc = config_plan(cfg, gpu)
+        if desc != m.get("plan"):
+            # A budgeted configuration whose chosen plan changed since it was measured: it would compare two plans.
+            rows.append({"config": cfg[0], "plan": f"measured: {m.get('plan')}; planned today: {desc}",
+                         "meas_s": m["meas_s"], "meas_gib": m["meas_gib"], "est_s": None, "est_gib": None,
+                         "time_err_pct": None, "vram_err_pct": None, "error": "plan changed: re-measure on a GPU"})
+            continue
+        est_s, est_gib = predicted(w, p, gpu)
+        rows.append({"config": cfg[0], "plan": desc, "meas_s": m["meas_s"], "meas_gib": m["meas_gib"],
+                     "est_s": est_s, "est_gib": est_gib, "time_err_pct": pct(est_s, m["meas_s"]),
+                     "vram_err_pct": pct(est_gib, m["meas_gib"])})
+    return rows
+
+
+def run_config(env: cb.Env, cfg, gpu, cache: dict) -> dict:
+    name, var, w_, h_, f_, plan_kw = cfg
+    budget = plan_kw.get("budget_gib")
+    w, p, desc = config_plan(cfg, gpu)
+    row = {"config": name, "plan": desc}
     est_s, est_gib = predicted(w, p, gpu)
     row.update(est_s=est_s, est_gib=est_gib)
     kw = cb.dit_kwargs(var, env)
@@ -176,18 +208,27 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(HERE / "results"))
     ap.add_argument("--gpu", help="GPU table key to estimate for (default: detected; h100_sxm in --dry-run)")
+    ap.add_argument("--recheck", metavar="ACCURACY_JSON",
+                    help="no GPU: re-estimate the configurations measured in this saved run with today's estimator")
     args = ap.parse_args(argv)
-    env = cb.Env(args.dry_run)
-    gpu = get_gpu(args.gpu or env.gpu_key or "h100_sxm")
+    env = cb.Env(args.dry_run or bool(args.recheck))
     t0 = time.time()
-    configs = CONFIGS[:3] + CONFIGS[-2:] if env.dry else CONFIGS
-    cache: dict = {}
-    rows = []
-    for c in configs:
-        t = time.time()
-        rows.append(run_config(env, c, gpu, cache))
-        print(f"[accuracy] {c[0]}: {time.time() - t:.1f} s", flush=True)
-    cache.clear()
+    if args.recheck:
+        saved = json.loads(Path(args.recheck).read_text(encoding="utf-8"))
+        gpu = get_gpu(args.gpu or saved.get("estimated_for") or "h200")
+        env.gpu_name = f"{saved.get('device')} (saved {Path(args.recheck).name})"
+        rows = recheck(args.recheck, gpu)
+        env.dry = False  # the rows are real measurements: print the summary line
+    else:
+        gpu = get_gpu(args.gpu or env.gpu_key or "h100_sxm")
+        configs = CONFIGS[:3] + CONFIGS[-2:] if env.dry else CONFIGS
+        cache: dict = {}
+        rows = []
+        for c in configs:
+            t = time.time()
+            rows.append(run_config(env, c, gpu, cache))
+            print(f"[accuracy] {c[0]}: {time.time() - t:.1f} s", flush=True)
+        cache.clear()
     print(f"\nTable 1: one forward, measured on {env.gpu_name} vs estimated for {gpu.name}")
     print(f"{'config':<36} {'meas s':>8} {'est s':>8} {'err%':>7} {'meas GiB':>9} {'est GiB':>8} {'err%':>7}  plan")
     for r in rows:
@@ -195,8 +236,10 @@ def main(argv=None) -> int:
               f" {fmt(r.get('meas_gib')):>9} {fmt(r['est_gib']):>8} {fmt(r['vram_err_pct'], '+.1f'):>7}  {r['plan']}"
               + (f"  [{r['error']}]" if r.get("error") else ""))
     errs = [abs(r["time_err_pct"]) for r in rows if r["time_err_pct"] is not None]
+    verrs = [abs(r["vram_err_pct"]) for r in rows if r.get("vram_err_pct") is not None]
     if errs and not env.dry:
-        print(f"time |err|: median {sorted(errs)[len(errs) // 2]:.1f}%, max {max(errs):.1f}%")
+        print(f"time |err|: median {sorted(errs)[len(errs) // 2]:.1f}%, max {max(errs):.1f}%; "
+              f"peak VRAM |err|: median {sorted(verrs)[len(verrs) // 2]:.1f}%, max {max(verrs):.1f}%")
     off = official_table()
     print("\nTable 2: estimate() with the official script's settings vs the official Wan2.2 table (seconds per video)")
     print(f"{'GPU':<10} {'model':<9} {'res':<5} {'GPUs':>4} {'official':>9} {'est':>8} {'err%':>7} {'floor':>7} {'off. GB':>8} {'est GB':>7}")
@@ -207,7 +250,7 @@ def main(argv=None) -> int:
     print(f"official table |err|: median {sorted(e2)[len(e2) // 2]:.1f}%, max {max(e2):.1f}%")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = "dryrun" if env.dry else (env.gpu_key or "gpu")
+    tag = "recheck" if args.recheck else ("dryrun" if env.dry else (env.gpu_key or "gpu"))
     (out / f"accuracy_{tag}.json").write_text(json.dumps(
         {"device": env.gpu_name, "estimated_for": gpu.key, "measured": rows, "official": off,
          "seconds": time.time() - t0}, indent=1, default=str), encoding="utf-8")
