@@ -189,11 +189,20 @@ def auto_plan(info, weight_dtype: str, attention: str, device) -> tuple[str, int
         off, blocks = ea.auto_offload(info.variant, weight_dtype, width=w, height=h,
                                       frames=int(f["default_frames"]), steps=int(f["default_steps"]))
         return off, blocks, weight_dtype, f"offload auto: {off}" + (f", stream {blocks} blocks" if blocks else "")
-    work = Workload(variant=info.variant, width=int(w), height=int(h), frames=int(f["default_frames"]),
-                    steps=int(f["default_steps"]), cfg=tuple(float(x) for x in f["default_cfg"]))
     source = source_of(info)
     base = Plan(weight_dtype=weight_dtype if weight_dtype in ("bf16", "fp16", "fp32", "fp8_e4m3fn") else source)
-    chosen = plan_for(work, vram, ram, gpu_key, source=source, base=base)
+    # The default size first; if nothing fits it, the smallest official size (the user may sample
+    # smaller; the sampler re-plans for the real size). Still nothing: the planner's error.
+    smallest = min(f["sizes"], key=lambda s: s[0] * s[1])
+    for i, (w, h) in enumerate([(w, h), tuple(smallest)]):
+        work = Workload(variant=info.variant, width=int(w), height=int(h), frames=int(f["default_frames"]),
+                        steps=int(f["default_steps"]), cfg=tuple(float(x) for x in f["default_cfg"]))
+        try:
+            chosen = plan_for(work, vram, ram, gpu_key, source=source, base=base)
+            break
+        except WanMeterError:
+            if i == 1:
+                raise
     applied = apply_plan(chosen.plan)
     rt = applied.runtime_options(str(device))
     wd = applied.loader_kwargs().get("weight_dtype", weight_dtype)
