@@ -17,7 +17,7 @@ WORKFLOWS = sorted(WF.glob("*.json"))
 OURS = {"wan22_t2v_a14b.json", "wan22_i2v_a14b.json", "wan22_ti2v_5b.json", "wan22_s2v_14b.json"}
 
 # Native ComfyUI nodes the workflows use, with their widget count (ComfyUI 0.3.64).
-NATIVE_WIDGETS = {"CreateVideo": 1, "SaveVideo": 3, "LoadImage": 2, "LoadAudio": 3}
+NATIVE_WIDGETS = {"CreateVideo": 1, "SaveVideo": 3, "LoadImage": 2, "LoadAudio": 3, "ImageScale": 4}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 

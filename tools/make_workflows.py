@@ -26,6 +26,8 @@ NATIVE: dict[str, dict[str, Any]] = {
                   "outputs": []},
     "LoadImage": {"inputs": [], "widgets": ["image", "upload"], "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")]},
     "LoadAudio": {"inputs": [], "widgets": ["audio", "audioUI", "upload"], "outputs": [("AUDIO", "AUDIO")]},
+    "ImageScale": {"inputs": [("image", "IMAGE", False)], "widgets": ["upscale_method", "width", "height", "crop"],
+                   "outputs": [("IMAGE", "IMAGE")]},
 }
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -304,6 +306,138 @@ def build_s2v(pack) -> dict[str, Any]:
     return b.workflow(key)
 
 
+DRAFT = {"file": "wan22_draft_then_final", "draft_size": (832, 480), "final_size": (1280, 720), "denoise": 0.3}
+
+
+def build_draft(pack) -> dict[str, Any]:
+    """T2V-A14B draft at 832x480 (official settings) -> ImageScale to 1280x720 -> WanMeter VAE Encode
+    -> a second WanMeter Sampler with denoise 0.3 (only the low-noise expert runs) -> video."""
+    from wanmeter.draft import refine_steps
+    from wanmeter.variants import variant as facts
+
+    key = "t2v_a14b"
+    v, sp = facts(key), SPECS[key]
+    (dw, dh), (fw, fh), dn = DRAFT["draft_size"], DRAFT["final_size"], DRAFT["denoise"]
+    cfg = [float(c) for c in v["default_cfg"]]
+    b = Builder(pack)
+    loader = b.add("WanMeterModelLoader", {
+        "model": sp["model"], "weight_dtype": sp["weight_dtype"], "compute_dtype": "bf16", "offload": "auto",
+        "blocks_to_stream": 0, "attention": "auto", **LOADER_SPEED_OFF, "model_low_noise": sp["model_low"]},
+        (0, 0), (380, 280))
+    te = b.add("WanMeterTextEncoderLoader", {"text_encoder": TEXT_ENCODER, "device": "gpu", "dtype": "bf16"},
+               (0, 320), (380, 110))
+    vae = b.add("WanMeterVAELoader", {"vae": sp["vae"], "tiled": False, "dtype": "bf16"}, (0, 470), (380, 110))
+    enc = b.add("WanMeterTextEncode", {"positive": PROMPTS[key], "negative": pack.nodes.text.OFFICIAL_NEGATIVE_PROMPT},
+                (430, 0), (420, 380))
+
+    def sampler(w: int, h: int, steps: int, denoise: float, pos, title: str) -> int:
+        return b.add("WanMeterSampler", {
+            "width": w, "height": h, "frames": v["default_frames"], "steps": steps, "cfg_high": cfg[0],
+            "cfg_low": cfg[1], "shift": float(v["default_shift"]), "seed": 42, "seed:control_after_generate": "fixed",
+            "batch_size": 1, "scheduler": "unipc", "boundary": 0.0, "denoise": denoise, **SAMPLER_SPEED_OFF},
+            pos, (340, 560), title=title)
+
+    draft = sampler(dw, dh, v["default_steps"], 1.0, (900, 0), f"Draft {dw}x{dh}")
+    ddec = b.add("WanMeterVAEDecode", {"tiled": "auto"}, (1290, 0), (300, 100))
+    dcv = b.add("CreateVideo", {"fps": float(v["fps"])}, (1290, 140), (300, 80))
+    dsv = b.add("SaveVideo", {"filename_prefix": "video/WanMeter_draft", "format": "auto", "codec": "auto"},
+                (1290, 260), (300, 360))
+    scale = b.add("ImageScale", {"upscale_method": "bicubic", "width": fw, "height": fh, "crop": "center"},
+                  (1660, 0), (300, 160))
+    venc = b.add("WanMeterVAEEncode", {}, (1660, 200), (300, 100))
+    final = sampler(fw, fh, refine_steps(v["default_steps"], dn), dn, (2010, 0), f"Refine {fw}x{fh} (denoise {dn:g})")
+    fdec = b.add("WanMeterVAEDecode", {"tiled": "auto"}, (2400, 0), (300, 100))
+    fcv = b.add("CreateVideo", {"fps": float(v["fps"])}, (2400, 140), (300, 80))
+    fsv = b.add("SaveVideo", {"filename_prefix": "video/WanMeter_final", "format": "auto", "codec": "auto"},
+                (2400, 260), (300, 360))
+    est = b.add("WanMeterEstimator", ESTIMATOR, (2770, 0), (440, 520))
+    note = ("Draft then final (T2V-A14B)\n\n"
+            f"1. The draft runs at {dw}x{dh} with the official settings ({v['default_steps']} steps): a fraction "
+            "of the 720p cost. Judge it; change the seed or prompt until you like it.\n"
+            f"2. The kept draft is upscaled to {fw}x{fh}, encoded, re-noised and refined for the last "
+            f"{refine_steps(v['default_steps'], dn)} of {v['default_steps']} steps (denoise {dn:g}). That tail is "
+            "below the MoE boundary, so only the low-noise expert runs.\n\n"
+            "To judge first: select group 4 and mute it (Ctrl+M), queue; then un-mute and queue again. The seed is "
+            "fixed, so ComfyUI reuses the cached draft and only the refinement runs. Higher denoise: more detail "
+            "and more change from the draft.\n\n"
+            "The WanMeter Estimator shows the draft (the first sampler). Models: "
+            f"{sp['model']}, {sp['model_low']}, {TEXT_ENCODER}, {sp['vae']}.")
+    note_id = b.add("Note", {"text": note}, (0, 620), (380, 420))
+
+    b.link(loader, "model", draft, "model")
+    b.link(loader, "model", final, "model")
+    b.link(te, "text_encoder", enc, "text_encoder")
+    for s in (draft, final):
+        b.link(enc, "positive", s, "positive")
+        b.link(enc, "negative", s, "negative")
+    b.link(draft, "LATENT", ddec, "samples")
+    b.link(vae, "vae", ddec, "vae")
+    b.link(ddec, "IMAGE", dcv, "images")
+    b.link(dcv, "VIDEO", dsv, "video")
+    b.link(ddec, "IMAGE", scale, "image")
+    b.link(scale, "IMAGE", venc, "pixels")
+    b.link(vae, "vae", venc, "vae")
+    b.link(venc, "LATENT", final, "latent")
+    b.link(final, "LATENT", fdec, "samples")
+    b.link(vae, "vae", fdec, "vae")
+    b.link(fdec, "IMAGE", fcv, "images")
+    b.link(fcv, "VIDEO", fsv, "video")
+
+    b.group("1. Load models", [loader, te, vae, note_id], "#3f789e")
+    b.group("2. Prompt", [enc], "#a1309b")
+    b.group(f"3. Draft {dw}x{dh}: judge it", [draft, ddec, dcv, dsv], "#b06634")
+    b.group(f"4. Final {fw}x{fh}: refine the kept draft", [scale, venc, final, fdec, fcv, fsv], "#b58b2a")
+    b.group("Estimate: VRAM / time / cost", [est], "#8A8")
+    return b.workflow("draft_then_final")
+
+
+def draft_thumbnail(wf: dict[str, Any], dest: Path) -> None:
+    """A 512x512 card: the draft/refine settings and the estimated time of draft + refine vs a direct 720p run."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    (dw, dh), (fw, fh), dn = DRAFT["draft_size"], DRAFT["final_size"], DRAFT["denoise"]
+    img = Image.new("RGB", (512, 512), (24, 28, 38))
+    d = ImageDraw.Draw(img)
+    try:
+        big = ImageFont.truetype("DejaVuSans-Bold.ttf", 36)
+        mid = ImageFont.truetype("DejaVuSans.ttf", 22)
+        small = ImageFont.truetype("DejaVuSans.ttf", 18)
+    except OSError:
+        big = mid = small = ImageFont.load_default()
+    d.rectangle((0, 0, 512, 8), fill=(180, 140, 60))
+    d.text((28, 36), "Wan2.2 T2V-A14B", font=mid, fill=(170, 180, 200))
+    d.text((28, 66), "Draft then final", font=big, fill=(240, 240, 245))
+    y = 136
+    for line in (f"draft {dw}x{dh}, 40 steps", f"refine {fw}x{fh}, denoise {dn:g}", "(low-noise expert only)"):
+        d.text((28, y), line, font=mid, fill=(210, 215, 225))
+        y += 32
+    y += 14
+    d.text((28, y), "WanMeter estimate (whole video)", font=mid, fill=(90, 200, 130))
+    y += 34
+    for line in draft_estimate_lines():
+        d.text((28, y), line, font=small, fill=(220, 225, 230))
+        y += 28
+    d.text((28, 470), "Judge a cheap draft, pay 720p only once", font=small, fill=(140, 150, 170))
+    img.save(dest, "JPEG", quality=88)
+
+
+def draft_estimate_lines() -> list[str]:
+    try:
+        from wanmeter.draft import draft_final_cost
+        from wanmeter.estimator import Workload
+
+        (fw, fh), out = DRAFT["final_size"], []
+        for gpu in ("H100 SXM", "H200"):
+            c = draft_final_cost(Workload("t2v_a14b", fw, fh, 81), DRAFT["draft_size"], refine_denoise=DRAFT["denoise"],
+                                 gpu=gpu)
+            out.append(f"{gpu}: draft {c.draft_s / 60:.0f} min + refine {c.refine_s / 60:.0f} min")
+            out.append(f"   vs direct 720p {c.full_s / 60:.0f} min ({100 * c.ratio:.0f}%)")
+        return out
+    except Exception as e:  # the card works without the estimator
+        print(f"  (no estimate on the thumbnail: {type(e).__name__}: {e})")
+        return ["(estimate shown live in ComfyUI)"]
+
+
 def thumbnail(key: str, wf: dict[str, Any], dest: Path) -> None:
     """A 512x512 card: variant, settings and (when the estimator is available) H100 / RTX 4090 estimates."""
     from PIL import Image, ImageDraw, ImageFont
@@ -378,6 +512,11 @@ def main() -> None:
         path.write_text(json.dumps(wf, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         thumbnail(key, wf, path.with_suffix(".jpg"))
         print(f"wrote {path.relative_to(ROOT)} (+ .jpg)")
+    wf = build_draft(pack)
+    path = OUT / f"{DRAFT['file']}.json"
+    path.write_text(json.dumps(wf, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    draft_thumbnail(wf, path.with_suffix(".jpg"))
+    print(f"wrote {path.relative_to(ROOT)} (+ .jpg)")
 
 
 if __name__ == "__main__":
