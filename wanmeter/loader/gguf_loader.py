@@ -25,7 +25,7 @@ import torch
 from ..errors import WanMeterError
 from . import dit_keys
 from .dit_inspect import DiTInfo
-from .dit_loader import LoadedDiT, build_empty_transformer, parse_dtype
+from .dit_loader import LoadedDiT, _set_tensor, build_empty_transformer, parse_dtype
 
 _FLOAT_TYPES = ("F32", "F16", "BF16", "F64")
 
@@ -64,15 +64,6 @@ def gguf_file_type(dtypes: dict[str, int]) -> str:
 def _is_linear_weight(model: torch.nn.Module, name: str) -> bool:
     mod_name, _, leaf = name.rpartition(".")
     return leaf == "weight" and isinstance(model.get_submodule(mod_name), torch.nn.Linear)
-
-
-def _set(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
-    mod_name, _, leaf = name.rpartition(".")
-    mod = model.get_submodule(mod_name) if mod_name else model
-    if leaf in mod._parameters:
-        mod._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
-    else:
-        mod._buffers[leaf] = value
 
 
 def _read_tensors(info: DiTInfo) -> dict[str, torch.Tensor]:
@@ -155,7 +146,7 @@ def load_gguf_dit(info: DiTInfo, *, compute_dtype: str | torch.dtype | None = No
             raise WanMeterError(f"{info.path.name}: {e}. The file is corrupt: download it again.") from None
         quantizer.create_quantized_param(model, t, name, dev)
     for name, t in plain.items():
-        _set(model, name, t.to(dev))
+        _set_tensor(model, name, t.to(dev))
     quantizer.postprocess_model(model)
     model.hf_quantizer = quantizer
     if dev.type != "cpu":
