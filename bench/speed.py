@@ -37,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
@@ -118,15 +119,10 @@ def matmul_peak(env: Env) -> float:
 # ------------------------------------------------------------------ models and inputs
 
 def dit_kwargs(var: str, env: Env) -> dict:
-    v = variant(var)
-    if env.dry:
-        d, f, layers, text_dim, heads = TINY["dim"], TINY["ffn_dim"], TINY["num_layers"], TINY["text_dim"], TINY["heads"]
-    else:
-        d, f, layers, text_dim, heads = v["dim"], v["ffn_dim"], v["num_layers"], 4096, v["num_heads"]
-    return dict(patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=d // heads,
-                in_channels=v["in_channels"], out_channels=v["out_channels"], text_dim=text_dim, freq_dim=256,
-                ffn_dim=f, num_layers=layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
-                rope_max_seq_len=1024)
+    """The diffusers config of a variant at full size (tiny in --dry-run): the calibration script's."""
+    from calibrate import dit_kwargs as _dit_kwargs
+
+    return _dit_kwargs(var, env)
 
 
 def build_diffusers(kw: dict, env: Env):
