@@ -26,8 +26,11 @@ def enable_expandable_segments() -> bool:
         return _done
     if not torch.cuda.is_available():
         return False
-    try:  # allocator settings can change after CUDA is initialised (new segments follow them)
-        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    # Allocator settings can change after CUDA is initialised (new segments follow them). torch 2.10+
+    # names the setter per accelerator; older releases have the CUDA one.
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
+    try:
+        setter("expandable_segments:True")
     except (AttributeError, RuntimeError):
         return False
     _done = True
