@@ -9,6 +9,7 @@ from typing import Any
 
 from ..wanmeter.errors import WanMeterError
 from . import common as c
+from .sampler import StepMeter, stats_text
 
 WANMETER_S2V_AUDIO = "WANMETER_S2V_AUDIO"
 AUDIO_DEVICES = ["gpu", "cpu"]
@@ -117,9 +118,11 @@ class WanMeterS2VSampler:
         neg = from_conditioning(negative, name="negative")[:1]
         clips = getattr(s2v_audio, "num_clips", 1)
         pbar = comfy.utils.ProgressBar(clips * steps, node_id=unique_id)
+        meter = StepMeter(next(net.parameters()).device)
 
         def on_step(done: int, total: int, _latent) -> None:
             c.check_interrupt()
+            meter.step()
             pbar.update_absolute(done, total)
 
         try:
@@ -128,7 +131,8 @@ class WanMeterS2VSampler:
                              pose_video=pose_video, drop_first_motion=bool(drop_first_motion), callback=on_step)
         finally:
             c.release_memory()
-        return (res.frames, res.audio)
+        stats = meter.stats()
+        return {"ui": {"wanmeter_stats": [stats], "text": [stats_text(stats)]}, "result": (res.frames, res.audio)}
 
 
 NODE_CLASS_MAPPINGS = {

@@ -114,7 +114,7 @@ class WanMeterSampler:
             c.release_memory()
             raise
         c.release_memory()
-        return {"ui": {"wanmeter_stats": [stats], "text": [_stats_text(stats)]},
+        return {"ui": {"wanmeter_stats": [stats], "text": [stats_text(stats)]},
                 "result": ({"samples": out.to(device="cpu", dtype=torch.float32)},)}
 
 
@@ -253,7 +253,51 @@ def _stats(st) -> dict:
     }
 
 
-def _stats_text(s: dict) -> str:
+class StepMeter:
+    """Seconds per step and peak memory for samplers whose engine keeps no SampleStats (S2V): the
+    same dict as _stats, so the frontend shows measured next to estimated for every sampler."""
+
+    def __init__(self, device) -> None:
+        import time
+
+        import torch
+
+        self._clock = time.perf_counter
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.start = self.last = self._clock()
+        self.step_seconds: list[float] = []
+
+    def step(self) -> None:
+        now = self._clock()
+        self.step_seconds.append(now - self.last)
+        self.last = now
+
+    def stats(self) -> dict:
+        import torch
+
+        if self.cuda:
+            peak, name = torch.cuda.max_memory_allocated(self.device), torch.cuda.get_device_name(self.device)
+        else:
+            import resource
+
+            peak, name = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu"
+        n = len(self.step_seconds)
+        return {
+            "seconds_per_step": round(sum(self.step_seconds) / n, 4) if n else 0.0,
+            "first_step_seconds": round(self.step_seconds[0], 4) if n else None,
+            "total_seconds": round(self._clock() - self.start, 3),
+            "steps": n,
+            "swaps": 0,
+            "peak_vram_gib": round(peak / 1024**3, 3) if self.cuda else None,
+            "peak_ram_gib": None if self.cuda else round(peak / 1024**3, 3),
+            "device": name,
+        }
+
+
+def stats_text(s: dict) -> str:
     vram = "n/a (CPU)" if s["peak_vram_gib"] is None else f"{s['peak_vram_gib']:.2f} GiB"
     return (f"measured: {s['seconds_per_step']:.2f} s/step, {s['total_seconds']:.1f} s total "
             f"({s['steps']} steps), peak VRAM {vram} on {s['device']}")

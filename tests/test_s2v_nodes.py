@@ -63,8 +63,11 @@ def test_tiny_chain_progress_and_interrupt(pack):
     neg = [[torch.zeros(1, 512, 64), {}]]
     vae = _load("wanmeter_s2v_test_support", "test_s2v_support.py").FastVAE()
     node = m["WanMeterS2VSampler"]()
-    frames, out_audio = node.sample(model, pos, neg, cond, torch.rand(1, 64, 64, 3, generator=g), vae, 64, 64, 2,
-                                    1.0, 3.0, 7, True, unique_id="5")
+    out = node.sample(model, pos, neg, cond, torch.rand(1, 64, 64, 3, generator=g), vae, 64, 64, 2,
+                      1.0, 3.0, 7, True, unique_id="5")
+    frames, out_audio = out["result"]
+    stats = out["ui"]["wanmeter_stats"][0]  # measured next to estimated, as for the main sampler
+    assert stats["steps"] == 2 and stats["seconds_per_step"] > 0 and stats["peak_ram_gib"] > 0
     assert frames.shape == (77, 64, 64, 3) and torch.isfinite(frames).all()
     assert out_audio["sample_rate"] == 22050 and out_audio["waveform"].shape == (1, 2, round(77 / 16 * 22050))
     bar = sys.modules["comfy.utils"].ProgressBar.instances[-1]

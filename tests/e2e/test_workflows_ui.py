@@ -21,7 +21,7 @@ def _check_estimate(ui, wf: dict) -> str | None:
         return None
     text = ui.wait_estimate()
     assert "cannot estimate" not in text, text
-    sampler = next(n for n in wf["nodes"] if n["type"] == "WanMeterSampler")
+    sampler = next(n for n in wf["nodes"] if n["type"] in ("WanMeterSampler", "WanMeterS2VSampler"))
     w, h = sampler["widgets_values"][:2]
     assert f"{w}x{h}" in text, text
     assert re.search(r"Peak VRAM: [\d.]+ GiB", text) and "Time per video:" in text and "Cost:" in text, text
