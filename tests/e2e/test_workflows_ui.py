@@ -38,8 +38,9 @@ def test_workflow_loads_by_drag_and_drop(ui, path):
     ui.show_graph()
     ui.screenshot(f"{path.stem}.png")
     if _has_estimator(wf):  # the estimate up close, readable (docs/img/estimate_t2v.png is one of these)
-        ui.show_graph(scale=1.2, left_of="WanMeterSampler")
-        s, e = ui.node_box("WanMeterSampler"), ui.node_box("WanMeterEstimator")
+        sampler_type = next(n["type"] for n in wf["nodes"] if n["type"] in ("WanMeterSampler", "WanMeterS2VSampler"))
+        ui.show_graph(scale=1.2, left_of=sampler_type)
+        s, e = ui.node_box(sampler_type), ui.node_box("WanMeterEstimator")
         x0, y0 = s["x"] - 10, min(s["y"], e["y"]) - 30
         clip = {"x": x0, "y": y0, "width": e["x"] + e["width"] + 10 - x0,
                 "height": max(s["y"] + s["height"], e["y"] + e["height"]) + 10 - y0}
@@ -132,7 +133,11 @@ def test_nodes_from_node_search(ui):
         ui.page.wait_for_timeout(100)
         ui.page.mouse.dblclick(x, y)
         box = ui.page.get_by_placeholder("Search Nodes...")
-        box.wait_for(state="visible", timeout=10_000)
+        try:
+            box.wait_for(state="visible", timeout=10_000)
+        except Exception:
+            ui.screenshot(f"node_search_fail_{i}.png")
+            raise
         box.fill(query)
         option = ui.page.get_by_role("option").filter(has_text=query).first
         option.wait_for(state="visible", timeout=10_000)
