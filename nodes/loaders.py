@@ -267,7 +267,7 @@ class WanMeterVAELoader:
                 "tiled": ("BOOLEAN", {"default": False, "tooltip": "Default for WanMeter VAE Decode set to "
                           "'auto': decode in spatial tiles (several times less VRAM, about 2x slower)."}),
                 "dtype": (c.VAE_DTYPES, {"default": "bf16", "tooltip": "VAE precision. The official code "
-                          "uses fp32 (twice the memory); bf16 is visually identical."}),
+                          "uses fp32 (twice the memory); bf16 halves it (quality not yet compared on real weights)."}),
             }
         }
 
