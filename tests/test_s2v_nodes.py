@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from wanmeter.errors import WanMeterError
+from wanmeter.tiny import ensure_tiny_models
 from wanmeter.tiny.s2v import ensure_tiny_s2v
 
 
@@ -34,6 +35,9 @@ def pack(tmp_path, monkeypatch):
     files = ensure_tiny_s2v()
     shutil.copy(files["s2v"], d / "diffusion_models" / "wan2.2_s2v_14B_tiny.safetensors")
     shutil.copy(files["wav2vec2"], d / "audio_encoders" / "wav2vec2_tiny.safetensors")
+    tiny = ensure_tiny_models(names=["umt5_fp16", "vae_wan21"])
+    shutil.copy(tiny["umt5_fp16"], d / "text_encoders" / "umt5_tiny.safetensors")
+    shutil.copy(tiny["vae_wan21"], d / "vae" / "wan_2.1_vae_tiny.safetensors")
     for name, mod in stubs.make_stubs(d).items():
         monkeypatch.setitem(sys.modules, name, mod)
     mod = stubs.import_pack()
@@ -50,6 +54,24 @@ def test_contract(pack):
         assert callable(getattr(cls, cls.FUNCTION))
     assert m["WanMeterS2VSampler"].RETURN_TYPES == ("IMAGE", "AUDIO")
     assert m["WanMeterS2VAudio"].RETURN_TYPES == m["WanMeterS2VSampler"].INPUT_TYPES()["required"]["s2v_audio"][:1]
+
+
+def test_workflow_chain_with_real_tiny_text_encoder_and_vae(pack):
+    """The S2V workflow's own chain on the tiny models, with nothing stood in: S2V Audio, Model Loader,
+    Text Encoder Loader + Text Encode, VAE Loader, S2V Sampler -> frames + audio for CreateVideo."""
+    m = pack.NODE_CLASS_MAPPINGS
+    audio = {"waveform": torch.randn(1, 1, 16000) * 0.1, "sample_rate": 16000}
+    (cond,) = m["WanMeterS2VAudio"]().encode(audio, "wav2vec2_tiny.safetensors", 1.0, "cpu", 0)
+    (model,) = m["WanMeterModelLoader"]().load("wan2.2_s2v_14B_tiny.safetensors", "fp32", "bf16", "none", 0, "auto")
+    (te,) = m["WanMeterTextEncoderLoader"]().load("umt5_tiny.safetensors", "cpu", "fp32")
+    pos, neg = m["WanMeterTextEncode"]().encode(te, "a person talks", "")
+    (vae,) = m["WanMeterVAELoader"]().load("wan_2.1_vae_tiny.safetensors", False, "fp32")
+    ref = torch.rand(1, 48, 48, 3, generator=torch.Generator().manual_seed(1))
+    out = m["WanMeterS2VSampler"]().sample(model, pos, neg, cond, ref, vae, 64, 64, 1, 4.5, 3.0, 0, True)
+    frames, out_audio = out["result"]
+    assert frames.shape == (77, 64, 64, 3) and torch.isfinite(frames).all()
+    assert 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
+    assert out_audio["sample_rate"] == 16000 and out_audio["waveform"].shape[-1] == round(77 / 16 * 16000)
 
 
 def test_tiny_chain_progress_and_interrupt(pack):
