@@ -1,11 +1,9 @@
 """S2V transformer: key layout, strict loading (plain / fp8_scaled), forward parity with the official code."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
+from wm_testutil import s2v_support
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -17,14 +15,7 @@ from wanmeter.s2v.loader import build_empty_s2v, load_s2v
 from wanmeter.tiny.s2v import ensure_tiny_s2v, tiny_s2v_state_dict
 
 
-def support():
-    name = "wanmeter_s2v_test_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_s2v_support.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+support = s2v_support
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,11 @@
 -> S2V Sampler -> IMAGE + AUDIO, progress, interruption, and refusals before loading."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
+from wm_testutil import load_module, s2v_support
 import torch
 
 from wanmeter.errors import WanMeterError
@@ -15,16 +14,7 @@ from wanmeter.tiny import ensure_tiny_models
 from wanmeter.tiny.s2v import ensure_tiny_s2v
 
 
-def _load(name: str, file: str):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(file))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-stubs = _load("wanmeter_comfy_stubs", "comfy_stubs.py")
+stubs = load_module("wanmeter_comfy_stubs", "comfy_stubs.py")
 
 
 @pytest.fixture()
@@ -83,7 +73,7 @@ def test_tiny_chain_progress_and_interrupt(pack):
     g = torch.Generator().manual_seed(0)
     pos = [[torch.randn(1, 512, 64, generator=g), {}]]
     neg = [[torch.zeros(1, 512, 64), {}]]
-    vae = _load("wanmeter_s2v_test_support", "test_s2v_support.py").FastVAE()
+    vae = s2v_support().FastVAE()
     node = m["WanMeterS2VSampler"]()
     out = node.sample(model, pos, neg, cond, torch.rand(1, 64, 64, 3, generator=g), vae, 64, 64, 2,
                       1.0, 3.0, 7, True, unique_id="5")

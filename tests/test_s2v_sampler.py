@@ -2,12 +2,10 @@
 with and without pose) and an end-to-end tiny run (audio -> clips -> sampler -> frames)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from wm_testutil import s2v_support
 import torch
 
 from wanmeter.errors import WanMeterError
@@ -20,14 +18,7 @@ SR = 16000
 H = W = 64
 
 
-def support():
-    name = "wanmeter_s2v_test_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_s2v_support.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+support = s2v_support
 
 
 @pytest.fixture(scope="module")
