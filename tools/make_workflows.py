@@ -391,22 +391,29 @@ def build_draft(pack) -> dict[str, Any]:
     return b.workflow("draft_then_final")
 
 
-def draft_thumbnail(wf: dict[str, Any], dest: Path) -> None:
-    """A 512x512 card: the draft/refine settings and the estimated time of draft + refine vs a direct 720p run."""
+def _card(kicker: str, title: str, title_size: int, accent: tuple[int, int, int]):
+    """The 512x512 thumbnail canvas every workflow card shares: background, accent bar, two title lines.
+    Returns (image, draw, (big, mid, small) fonts)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    (dw, dh), (fw, fh), dn = DRAFT["draft_size"], DRAFT["final_size"], DRAFT["denoise"]
     img = Image.new("RGB", (512, 512), (24, 28, 38))
     d = ImageDraw.Draw(img)
     try:
-        big = ImageFont.truetype("DejaVuSans-Bold.ttf", 36)
-        mid = ImageFont.truetype("DejaVuSans.ttf", 22)
-        small = ImageFont.truetype("DejaVuSans.ttf", 18)
+        fonts = (ImageFont.truetype("DejaVuSans-Bold.ttf", title_size), ImageFont.truetype("DejaVuSans.ttf", 22),
+                 ImageFont.truetype("DejaVuSans.ttf", 18))
     except OSError:
-        big = mid = small = ImageFont.load_default()
-    d.rectangle((0, 0, 512, 8), fill=(180, 140, 60))
-    d.text((28, 36), "Wan2.2 T2V-A14B", font=mid, fill=(170, 180, 200))
-    d.text((28, 66), "Draft then final", font=big, fill=(240, 240, 245))
+        fonts = (ImageFont.load_default(),) * 3
+    d.rectangle((0, 0, 512, 8), fill=accent)
+    d.text((28, 36), kicker, font=fonts[1], fill=(170, 180, 200))
+    d.text((28, 66), title, font=fonts[0], fill=(240, 240, 245))
+    return img, d, fonts
+
+
+def draft_thumbnail(wf: dict[str, Any], dest: Path) -> None:
+    """A 512x512 card: the draft/refine settings and the estimated time of draft + refine vs a direct 720p run."""
+
+    (dw, dh), (fw, fh), dn = DRAFT["draft_size"], DRAFT["final_size"], DRAFT["denoise"]
+    img, d, (big, mid, small) = _card("Wan2.2 T2V-A14B", "Draft then final", 36, (180, 140, 60))
     y = 136
     for line in (f"draft {dw}x{dh}, 40 steps", f"refine {fw}x{fh}, denoise {dn:g}", "(low-noise expert only)"):
         d.text((28, y), line, font=mid, fill=(210, 215, 225))
@@ -440,24 +447,13 @@ def draft_estimate_lines() -> list[str]:
 
 def thumbnail(key: str, wf: dict[str, Any], dest: Path) -> None:
     """A 512x512 card: variant, settings and (when the estimator is available) H100 / RTX 4090 estimates."""
-    from PIL import Image, ImageDraw, ImageFont
 
     from wanmeter.variants import variant as facts
 
     v = facts(key)
     sampler = next(n for n in wf["nodes"] if n["type"] in ("WanMeterSampler", "WanMeterS2VSampler"))
     wv = sampler["widgets_values"]
-    img = Image.new("RGB", (512, 512), (24, 28, 38))
-    d = ImageDraw.Draw(img)
-    try:
-        big = ImageFont.truetype("DejaVuSans-Bold.ttf", 40)
-        mid = ImageFont.truetype("DejaVuSans.ttf", 22)
-        small = ImageFont.truetype("DejaVuSans.ttf", 18)
-    except OSError:
-        big = mid = small = ImageFont.load_default()
-    d.rectangle((0, 0, 512, 8), fill=(90, 170, 120))
-    d.text((28, 36), "Wan2.2", font=mid, fill=(170, 180, 200))
-    d.text((28, 66), v["label"], font=big, fill=(240, 240, 245))
+    img, d, (big, mid, small) = _card("Wan2.2", v["label"], 40, (90, 170, 120))
     if sampler["type"] == "WanMeterS2VSampler":
         lines = [f"{wv[0]}x{wv[1]}, 80-frame clips @ {v['fps']} fps", f"{wv[2]} steps, shift {wv[4]:g}, CFG {wv[3]:g}"]
     else:
