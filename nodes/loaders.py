@@ -44,7 +44,9 @@ class WanMeterModelLoader:
                                      "Ignored by other offload modes."}),
                 "attention": (c.ATTENTION_MODES, {"default": "auto", "tooltip": "Attention kernel. auto: "
                               "the fastest available (cuDNN/flash SDPA on recent NVIDIA GPUs). sage and "
-                              "flash need their packages installed."}),
+                              "flash need their packages installed. 8bit: WanMeter's own int8/fp8 attention "
+                              "kernel (Triton) for Ada/Hopper GPUs, ~1.35x faster than cuDNN at 720p, output "
+                              "cosine >= 0.999 vs bf16 attention; errors on other GPUs."}),
                 "fp8_compute": ("BOOLEAN", {"default": False, "tooltip": "fp8 matmuls in the transformer "
                                 "blocks on Hopper/Ada GPUs (H100, L40S, RTX 40xx): measured 1.05-1.12x faster "
                                 "alone, small quality cost. Best with fp8 weights. Errors on GPUs without fp8; "

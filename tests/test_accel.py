@@ -145,9 +145,9 @@ def test_apply_fast_paths_all_on_cpu():
 # ------------------------------------------------------------------ attention policy
 
 @pytest.mark.parametrize("name,cap,kw,want", [
-    ("NVIDIA H100 80GB HBM3", (9, 0), {}, "sdpa_cudnn"),
-    ("NVIDIA H200", (9, 0), {}, "sdpa_cudnn"),
-    ("NVIDIA B200", (10, 0), {}, "sdpa_cudnn"),
+    ("NVIDIA H100 80GB HBM3", (9, 0), {}, "sdpa"),  # PyTorch's own SDPA picks cuDNN there
+    ("NVIDIA H200", (9, 0), {}, "sdpa"),
+    ("NVIDIA B200", (10, 0), {}, "sdpa"),
     ("NVIDIA H100 80GB HBM3", (9, 0), {"cudnn_available": False}, "sdpa_flash"),
     ("NVIDIA GeForce RTX 4090", (8, 9), {}, "sdpa_flash"),
     ("NVIDIA A100-SXM4-80GB", (8, 0), {}, "sdpa_flash"),

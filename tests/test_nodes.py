@@ -95,7 +95,7 @@ def test_model_loader_widgets(pack):
     assert req["required"]["compute_dtype"][0] == ["bf16", "fp16"]
     assert set(req["required"]["offload"][0]) == {"none", "model", "blocks", "auto"}
     assert req["required"]["blocks_to_stream"][1]["min"] == 0 and req["required"]["blocks_to_stream"][1]["max"] == 40
-    assert req["required"]["attention"][0] == ["auto", "sdpa", "sdpa_flash", "sdpa_cudnn", "sage", "flash"]
+    assert req["required"]["attention"][0] == ["auto", "sdpa", "sdpa_flash", "sdpa_cudnn", "sage", "flash", "8bit"]
     # speed options appended at the end of "required" (saved workflows keep their widget order)
     assert list(req["required"])[-2:] == ["fp8_compute", "compile"]
     for k in ("fp8_compute", "compile"):

@@ -115,6 +115,8 @@ def test_attention_names():
         resolve_attention("sdpa_cudnn", cpu)
     with pytest.raises(WanMeterError, match="Unknown attention"):
         resolve_attention("xformers2", cpu)
+    with pytest.raises(WanMeterError, match="needs an NVIDIA GPU"):
+        resolve_attention("8bit", cpu)
     cuda = torch.device("cuda")  # resolution only: no kernel runs
     assert resolve_attention("sdpa_cudnn", cuda) == "_native_cudnn"
     assert resolve_attention("sdpa_flash", cuda) == "_native_flash"

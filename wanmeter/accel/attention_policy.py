@@ -4,7 +4,10 @@ Why a pure function of (device name, compute capability): the runtime, the estim
 bench must agree on the kernel a GPU gets, and a pure function can be tested without a GPU.
 Measured on an H200 (performance.md, bf16, head_dim 128): cuDNN SDPA 565-618 TF/s, flash SDPA
 353-366, SageAttention 1.0.6 (Triton) 433-450. So on Hopper (sm90) and newer cuDNN wins and
-sage is not worth its small accuracy cost; on Ampere/Ada PyTorch's flash SDPA is the safe
+sage is not worth its small accuracy cost. There we return plain "sdpa": PyTorch 2.11's own SDPA
+already picks the cuDNN kernel on sm90 (seen in bench/profile_forward.py), while diffusers'
+forced-cuDNN backend first copies q, k and v into another layout (measured +5 ms per block of
+A14B at 1280x720 on an H100); on Ampere/Ada PyTorch's flash SDPA is the safe
 default (cuDNN SDPA is not faster there and older cuDNN builds reject some shapes), and sage is
 used only when the user asks for it and a diffusers-compatible build (>= 2.1.1) is installed.
 The names returned are wanmeter.runtime.attention's user-facing names.
@@ -42,7 +45,7 @@ def best_attention_backend(device_name: str, capability: tuple[int, int] | None,
     if want_sage and (sage_available() if sage_installed is None else sage_installed) and major >= 8:
         return "sage"
     if major >= 9 and cudnn_available:
-        return "sdpa_cudnn"
+        return "sdpa"  # PyTorch's default picks cuDNN here, without diffusers' layout copies
     if major >= 8:
         return "sdpa_flash"
     return "sdpa"  # Turing and older: let PyTorch pick (memory-efficient / math)

@@ -19,7 +19,7 @@ GIB_PER_GB = 1e9 / 1024 ** 3
 AUTO = ("auto", "", None)
 
 # Node-pack attention names -> estimator names.
-NODE_ATTENTION = {"sdpa_flash": "flash", "sdpa_cudnn": "cudnn", "flash": "flash"}
+NODE_ATTENTION = {"sdpa_flash": "flash", "sdpa_cudnn": "cudnn", "flash": "flash", "8bit": "8bit"}
 
 # name: (kind, low, high). Unknown keys are ignored (the browser sends model names and more).
 NUMBERS: dict[str, tuple[type, float, float]] = {

@@ -14,7 +14,7 @@ WEIGHT_DTYPES = ("bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2", "int8", "Q8_0
 GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M")
 COMPUTE = ("bf16", "fp16", "fp8")
 OFFLOAD = ("none", "model", "blocks")
-ATTENTION = ("sdpa", "cudnn", "flash", "efficient", "sage", "flash_attn_3")
+ATTENTION = ("sdpa", "cudnn", "flash", "efficient", "sage", "flash_attn_3", "8bit")
 ATTENTION_ALIASES = {"sageattn": "sage", "sageattention": "sage", "flash_attn_2": "flash", "flash_attn": "flash",
                      "fa2": "flash", "fa3": "flash_attn_3", "flash_attn3": "flash_attn_3", "auto": "sdpa",
                      "mem_efficient": "efficient", "xformers": "efficient"}

@@ -14,7 +14,7 @@ from ..estimator import Plan
 
 # estimator attention names -> runtime (diffusers dispatcher) names; "sdpa" is PyTorch's own choice
 ATTENTION = {"sdpa": "auto", "cudnn": "sdpa_cudnn", "flash": "sdpa_flash", "efficient": "sdpa_efficient",
-             "sage": "sage", "flash_attn_3": "flash"}
+             "sage": "sage", "flash_attn_3": "flash", "8bit": "8bit"}
 
 
 @dataclass(frozen=True)

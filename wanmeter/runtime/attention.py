@@ -14,7 +14,7 @@ import torch
 
 from ..errors import WanMeterError
 
-ATTENTION_CHOICES = ("auto", "sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sage", "flash")
+ATTENTION_CHOICES = ("auto", "sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sage", "flash", "8bit")
 
 # our name -> diffusers AttentionBackendName value
 _DIFFUSERS_NAME = {
@@ -26,7 +26,7 @@ _DIFFUSERS_NAME = {
     "flash": "flash",
 }
 
-_CUDA_ONLY = {"sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sage", "flash"}
+_CUDA_ONLY = {"sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sage", "flash", "8bit"}
 
 
 def _has_module(name: str) -> bool:
@@ -49,6 +49,15 @@ def resolve_attention(name: str, device: torch.device) -> str:
         raise WanMeterError(
             f"attention={name!r} needs an NVIDIA GPU; on {device.type} use attention='auto' or 'sdpa'."
         )
+    if name == "8bit":
+        from ..accel.lowbit_attention import lowbit_supported
+
+        if not lowbit_supported(device):
+            raise WanMeterError(
+                "attention='8bit' needs an NVIDIA GPU with fp8 tensor cores (Ada sm89 or Hopper sm90+) and Triton; "
+                "use attention='auto' on this GPU."
+            )
+        return resolve_attention("auto", device)  # the backend for cross-attention and fallbacks
     if name == "sage" and not _has_module("sageattention"):
         raise WanMeterError(
             "attention='sage' needs the sageattention package (>= 2.1.1, built from source: "
@@ -67,9 +76,16 @@ def resolve_attention(name: str, device: torch.device) -> str:
 
 
 def apply_attention(model: torch.nn.Module, name: str, device: torch.device) -> str:
-    """Set the attention backend of a diffusers model; returns the diffusers name applied."""
+    """Set the attention backend of a diffusers model; returns the diffusers name applied.
+
+    On CUDA the self-attention of Wan DiTs also gets one of our processors
+    (wanmeter.accel.wan_attention): the 8-bit kernel for attention='8bit', otherwise the fused-
+    rotary bf16 processor (same backend, fewer kernels). On other devices the stock processors
+    stay (CPU runs are what the parity tests compare with diffusers and the official code).
+    """
     from diffusers.utils import logging as dlogging
 
+    device = torch.device(device)
     backend = resolve_attention(name, device)
     level = dlogging.get_verbosity()
     dlogging.set_verbosity_error()  # silence "attention backends are experimental" on every call
@@ -82,4 +98,13 @@ def apply_attention(model: torch.nn.Module, name: str, device: torch.device) -> 
         ) from e
     finally:
         dlogging.set_verbosity(level)
+    if hasattr(model, "blocks"):
+        from ..accel.wan_attention import install_wan_attention, remove_wan_attention
+
+        if device.type == "cuda":
+            install_wan_attention(model, "8bit" if name == "8bit" else "fused_rope", device)
+            if name == "8bit":
+                return f"8bit+{backend}"
+        else:
+            remove_wan_attention(model)
     return backend
