@@ -9,10 +9,13 @@ Per case (full-size random bf16 weights built on the GPU, fixed random inputs, o
 time) the configs run in this order, on the same weights:
     diffusers   diffusers' WanTransformer3DModel as shipped (default attention)
     comfy       ComfyUI's native WanModel sharing the same weight tensors (disable_weight_init ops)
-    ours        bf16 + best attention backend (wanmeter.accel.best_attention_for)
+    ours        bf16, attention="auto" as the runtime applies it (best backend for the GPU and, on
+                CUDA, our fused-rotary self-attention processor: wanmeter.accel.wan_attention)
+    8bit        ours with attention="8bit": our Triton int8 Q.K / fp8 P.V kernel (eager blocks)
     compile     ours + regional torch.compile of the blocks
     fp8         ours + fp8 compute (rowwise-scaled _scaled_mm, compiled per-token quantization)
     fp8_compile ours + fp8 + regional compile (the quantization fuses into the block graph)
+    fp8_8bit_compile  fp8 compute + 8-bit attention + regional compile (the fastest path)
 fp8 replaces the bf16 block weights, so the fp8 configs come last. Each config: warm-up, then
 the median of --reps forwards timed with CUDA events. Printed: seconds, TFLOP/s (closed-form
 FLOPs, wanmeter.estimator.flops), fraction of the 8192^3 bf16 matmul peak measured in this run,
@@ -52,7 +55,7 @@ CASES = {
     "a14b_480p": ("t2v_a14b", 832, 480, 81),
     "a14b_720p": ("t2v_a14b", 1280, 720, 81),
 }
-CONFIGS = ("diffusers", "comfy", "ours", "compile", "fp8", "fp8_compile")
+CONFIGS = ("diffusers", "comfy", "ours", "8bit", "compile", "fp8", "fp8_compile", "fp8_8bit_compile")
 TINY = {"dim": 256, "ffn_dim": 512, "num_layers": 2, "text_dim": 64, "heads": 2, "text_len": 16}
 T0 = time.perf_counter()
 BUDGET = [0.0]
@@ -230,7 +233,11 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run_case(name: str, args, env: Env, peak: float, results: list, save) -> None:
+    from dataclasses import replace
+
     from wanmeter.accel import best_attention_for, compile_blocks, swap_fp8_linears
+    from wanmeter.accel.lowbit_attention import DEFAULT_CONFIG, lowbit_supported
+    from wanmeter.accel.wan_attention import install_wan_attention, installed_kind
     from wanmeter.accel.fp8_linear import Fp8Linear, quantize_rows
     from wanmeter.runtime.attention import apply_attention
 
@@ -310,13 +317,19 @@ def run_case(name: str, args, env: Env, peak: float, results: list, save) -> Non
             del cm
             env.clear()
 
-        backend = apply_attention(model, best, env.device)
+        backend = apply_attention(model, "auto", env.device)
         if "ours" in wanted:
-            record("ours", fwd_diffusers, {"attention": f"{best} ({backend})"})
+            record("ours", fwd_diffusers, {"attention": f"auto: {best} ({backend}), processor "
+                                                        f"{installed_kind(model) or 'diffusers'}"})
 
         sample_ref = None
         if args.sample:
             sample_ref = sample_check(model, var, w, h, env, results, name, label="bf16+" + best)
+        can_8bit = not env.dry and lowbit_supported(env.device)
+        if "8bit" in wanted and can_8bit:
+            apply_attention(model, "8bit", env.device)
+            record("8bit", fwd_diffusers, {"attention": f"8bit {DEFAULT_CONFIG.__dict__}"})
+            backend = apply_attention(model, "auto", env.device)
 
         def compiled_config(cfg: str, extra: dict) -> None:
             nonlocal backend
@@ -359,8 +372,23 @@ def run_case(name: str, args, env: Env, peak: float, results: list, save) -> Non
                     m.quantize = quantize_rows  # plain torch: the block compile fuses it
             compiled_config("fp8_compile", {"quantization": "fused in block graph"})
 
+        final_attention = "auto"
+        if state["fp8"] and "fp8_8bit_compile" in wanted and can_8bit:
+            for attempt, kcfg in enumerate((DEFAULT_CONFIG, replace(DEFAULT_CONFIG, tma=False))):
+                if attempt and "error" not in results[-1]:
+                    break
+                if attempt:
+                    results[-1]["config"] = "fp8_8bit_compile_failed_tma"
+                uncompile(model)
+                apply_attention(model, "auto", env.device)
+                install_wan_attention(model, "8bit", env.device, kcfg)
+                compile_blocks(model)
+                record("fp8_8bit_compile", fwd_diffusers, {"attention": f"8bit {kcfg.__dict__}",
+                                                           "quantization": "fused in block graph"})
+            final_attention = "8bit"
         if args.sample and sample_ref is not None and (state["fp8"] or state["compiled"]):
-            sample_check(model, var, w, h, env, results, name, label="final fast model", ref=sample_ref)
+            sample_check(model, var, w, h, env, results, name, label="final fast model", ref=sample_ref,
+                         attention=final_attention)
     finally:
         del model, x, ctx
         ref.clear()
@@ -375,7 +403,7 @@ def uncompile_safe() -> None:
         pass
 
 
-def sample_check(model, var, w, h, env: Env, results: list, case: str, label: str, ref=None):
+def sample_check(model, var, w, h, env: Env, results: list, case: str, label: str, ref=None, attention: str = "auto"):
     """2-step CFG sample through wanmeter.sampler; returns the latent (CPU) or None."""
     row = {"case": case, "config": f"sample_2step[{label}]"}
     try:
@@ -385,7 +413,7 @@ def sample_check(model, var, w, h, env: Env, results: list, case: str, label: st
         from wanmeter.sampler import SampleRequest, WanModelBundle, sample
 
         experts = (model, model) if variant(var)["experts"] == 2 else (model,)
-        bundle = WanModelBundle(var, experts, runtime=RuntimeOptions(device=str(env.device), attention="auto"))
+        bundle = WanModelBundle(var, experts, runtime=RuntimeOptions(device=str(env.device), attention=attention))
         text_len = TINY["text_len"] if env.dry else 512
         g = torch.Generator().manual_seed(5)
         pos = 0.5 * torch.randn(1, text_len, model.config.text_dim, generator=g)
