@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -101,7 +102,9 @@ def config_plan(cfg, gpu) -> tuple[Workload, Plan, str]:
 def recheck(path: str, gpu) -> list[dict]:
     """Today's estimator against measurements saved by an earlier GPU run (no GPU needed): keeps the
     README's accuracy table true when the estimator changes."""
-    saved = {r["config"]: r for r in json.loads(Path(path).read_text(encoding="utf-8"))["measured"]}
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    saved = {r["config"]: r for r in data["measured"]}
+    fused = bool(data.get("fused_rotary", False))  # runs saved before the fused-rotary processor existed
     rows = []
     for cfg in CONFIGS:
         m = saved.get(cfg[0])
@@ -114,7 +117,7 @@ def recheck(path: str, gpu) -> list[dict]:
                          "meas_s": m["meas_s"], "meas_gib": m["meas_gib"], "est_s": None, "est_gib": None,
                          "time_err_pct": None, "vram_err_pct": None, "error": "plan changed: re-measure on a GPU"})
             continue
-        est_s, est_gib = predicted(w, p, gpu)
+        est_s, est_gib = predicted(w, replace(p, fused_rotary=fused), gpu)
         rows.append({"config": cfg[0], "plan": desc, "meas_s": m["meas_s"], "meas_gib": m["meas_gib"],
                      "est_s": est_s, "est_gib": est_gib, "time_err_pct": pct(est_s, m["meas_s"]),
                      "vram_err_pct": pct(est_gib, m["meas_gib"])})
@@ -190,7 +193,7 @@ def official_table() -> list[dict]:
             p = Plan(offload="model" if n == 1 else "none", attention="flash_attn_3" if g.arch == "hopper" else "flash",
                      text_encoder_device="cpu" if five and n == 1 else "gpu", vae_dtype="fp32", num_gpus=n,
                      parallel_scheme="ulysses", shard_weights=n > 1,  # the official multi-GPU runs: Ulysses + FSDP
-                     text_encoder_dtype="bf16")
+                     text_encoder_dtype="bf16", fused_rotary=False)  # the official code's own rotary
             e = estimate(w, p, g)
             rows.append({"gpu": g.name, "variant": r["variant"], "res": r["res"], "num_gpus": n,
                          "official_s": sec, "est_s": e.per_video_s, "time_err_pct": pct(e.per_video_s, sec),
@@ -252,7 +255,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     tag = "recheck" if args.recheck else ("dryrun" if env.dry else (env.gpu_key or "gpu"))
     (out / f"accuracy_{tag}.json").write_text(json.dumps(
-        {"device": env.gpu_name, "estimated_for": gpu.key, "measured": rows, "official": off,
+        {"device": env.gpu_name, "estimated_for": gpu.key, "measured": rows, "official": off, "fused_rotary": True,
          "seconds": time.time() - t0}, indent=1, default=str), encoding="utf-8")
     print(f"[accuracy] wrote {out}/accuracy_{tag}.json in {time.time() - t0:.0f} s")
     return 0

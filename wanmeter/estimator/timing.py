@@ -30,6 +30,8 @@ def matmul_rate(gpu: GpuSpec, cal: Calibration) -> float:
 def attention_backend(plan: Plan, gpu: GpuSpec, cal: Calibration) -> str:
     """The kernel that actually runs: 'sdpa' resolves per architecture; FA3 only on Hopper."""
     b = plan.attention
+    if b == "8bit" and not (gpu.has_fp8 and float(cal.v(f"attention_fraction_of_matmul.{gpu.arch}.8bit")) > 0):
+        b = "sdpa"  # the runtime refuses 8bit without fp8 tensor cores; what runs instead is auto
     if b == "sdpa":
         b = cal.v("sdpa_auto_backend")[gpu.arch]
     return b
@@ -38,7 +40,7 @@ def attention_backend(plan: Plan, gpu: GpuSpec, cal: Calibration) -> str:
 def attention_rate(plan: Plan, gpu: GpuSpec, cal: Calibration) -> float:
     b = attention_backend(plan, gpu, cal)
     frac = float(cal.v(f"attention_fraction_of_matmul.{gpu.arch}.{b}"))
-    cap = 2.0 if b == "sage" else 1.0   # SageAttention's QK^T runs in int8 (>= 2x the bf16 rate)
+    cap = 2.0 if b in ("sage", "8bit") else 1.0   # 8-bit tensor cores: up to 2x the bf16 rate
     return min(matmul_rate(gpu, cal) * frac, gpu.peak_bf16_tflops * 1e12 * cap)
 
 
@@ -85,6 +87,9 @@ def forward_time(s: Sizes, w: Workload, p: Plan, gpu: GpuSpec, cal: Calibration,
     layers, d = s.shape.num_layers, s.shape.dim
     elt_b = float(cal.v("elementwise_bytes_per_token_channel_block"))
     kept = 1.0 - float(cal.v("compile.elementwise_fraction_removed")) if p.compile else 1.0
+    if p.fused_rotary and not p.compile and attention_backend(p, gpu, cal) != "8bit":
+        # eager on CUDA: our fused-rotary processor replaces diffusers' fp32 rotary kernels
+        elt_b -= float(cal.v("fused_rotary_bytes_saved_per_token_channel_block"))
     t.elementwise = layers * n_tok * d * elt_b * kept / bw / u
     sfx = f" / {u} GPUs" if u > 1 else ""
     t.trace.append(f"linear {f.linear / 1e12:.1f} TFLOP / {lin_rate / 1e12:.0f} TF/s{' (fp8)' if fp8 else ''}{sfx}"
