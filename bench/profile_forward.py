@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from wanmeter.accel import compile_blocks, swap_fp8_linears
     from wanmeter.accel.fp8_linear import Fp8Linear, quantize_rows
-    from wanmeter.accel.wan_attention import install_lowbit_attention, remove_lowbit_attention
+    from wanmeter.accel.wan_attention import install_wan_attention, remove_wan_attention
     from wanmeter.runtime.attention import apply_attention
 
     env = speed.Env(False)
@@ -107,21 +107,21 @@ def main(argv=None) -> int:
         del cm
     apply_attention(model, "auto", env.device)
     if "8bit" in wanted:
-        install_lowbit_attention(model)
+        install_wan_attention(model, "8bit", env.device)
         run("8bit", fwd)
-        remove_lowbit_attention(model)
+        remove_wan_attention(model)
     if "8bit_compile" in wanted:
-        install_lowbit_attention(model)
+        install_wan_attention(model, "8bit", env.device)
         compile_blocks(model)
         run("8bit_compile", fwd)
         speed.uncompile(model)
-        remove_lowbit_attention(model)
+        remove_wan_attention(model)
     if "fp8_8bit_compile" in wanted:
         swap_fp8_linears(model, emulate=False, fused_quant=False)
         for m in model.modules():
             if isinstance(m, Fp8Linear):
                 m.quantize = quantize_rows
-        install_lowbit_attention(model)
+        install_wan_attention(model, "8bit", env.device)
         compile_blocks(model)
         run("fp8_8bit_compile", fwd)
     out_dir = Path(os.environ.get("OUT") or HERE / "results")

@@ -129,7 +129,7 @@ def test_processor_in_a_wan_model_matches_the_stock_processor(monkeypatch):
         return lb.reference_from_operands(ops, out_dtype, cfg)
 
     monkeypatch.setattr(wa, "run_kernel", fake_kernel)
-    monkeypatch.setattr(wa, "_quantizer", lambda cfg: lb.quantize_qkv)  # no torch.compile on CPU tests
+    monkeypatch.setattr(wa, "_call_compiled", lambda fn, *a: fn(*a))  # no torch.compile on CPU tests
     model = tiny_reference_model("t2v_a14b", "high")
     # sharper attention than the tiny fixture's 0.02-scale weights give, so the check has teeth
     with torch.no_grad():
@@ -137,7 +137,7 @@ def test_processor_in_a_wan_model_matches_the_stock_processor(monkeypatch):
             b.attn1.to_q.weight.mul_(8.0)
             b.attn1.to_k.weight.mul_(8.0)
     stock = _fwd(model)
-    n = wa.install_lowbit_attention(model, lb.KernelConfig(block_m=64, block_n=64))
+    n = wa.install_wan_attention(model, "8bit", cfg=lb.KernelConfig(block_m=64, block_n=64))
     assert n == len(model.blocks)
     assert all(isinstance(b.attn1.processor, wa.LowbitWanAttnProcessor) for b in model.blocks)
     assert not any(isinstance(b.attn2.processor, wa.LowbitWanAttnProcessor) for b in model.blocks)
@@ -145,7 +145,7 @@ def test_processor_in_a_wan_model_matches_the_stock_processor(monkeypatch):
     assert len(calls) == len(model.blocks) and calls[0] == 3 * 4 * 6  # self-attention only, all tokens
     assert _cos(ours, stock) > 0.999
     assert not torch.equal(ours, stock), "the 8-bit path must actually have run"
-    assert wa.remove_lowbit_attention(model) == n
+    assert wa.remove_wan_attention(model) == n
     assert torch.equal(_fwd(model), stock)
 
 
@@ -156,7 +156,7 @@ def test_processor_hands_context_parallel_to_the_stock_processor(monkeypatch):
     monkeypatch.setattr(wa, "run_kernel", lambda *a, **k: pytest.fail("the kernel must not run"))
     model = tiny_reference_model("ti2v_5b")
     stock = _fwd(model)
-    wa.install_lowbit_attention(model)
+    wa.install_wan_attention(model, "8bit")
     seen = []
 
     class Spy:
@@ -181,7 +181,7 @@ def test_fused_rope_processor_matches_stock_and_kinds_switch(monkeypatch):
     installing another kind replaces ours; apply_attention on CPU leaves diffusers' own processors."""
     from wanmeter.runtime.attention import apply_attention
 
-    monkeypatch.setattr(wa, "_rope_fn", lambda: wa._rope_qk)  # the compiled version is the GPU's business
+    monkeypatch.setattr(wa, "_call_compiled", lambda fn, *a: fn(*a))  # the compiled version is the GPU's business
     model = tiny_reference_model("t2v_a14b", "low")
     stock = _fwd(model)
     assert wa.install_wan_attention(model, "fused_rope") == len(model.blocks)
@@ -210,3 +210,24 @@ def test_kernel_matches_reference_on_gpu(qk):
     # the kernel rounds P to fp8 relative to its running max, the reference relative to the row max
     assert _cos(out.float(), ref) > 0.999
     assert _cos(out.float(), _sdpa(q.float(), k.float(), v.float())) > (0.998 if qk == "int8" else 0.995)
+
+
+def test_call_compiled_falls_back_to_eager_once_when_the_compiler_fails(monkeypatch, caplog):
+    """Where torch.compile cannot build (no working Triton), the processors still run, eagerly."""
+    calls = []
+
+    def broken_compile(fn, **kw):
+        def run(*a):
+            calls.append("compiled")
+            raise RuntimeError("no triton here")
+        return run
+
+    def f(x, y):
+        return x + y
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(wa, "_COMPILED", {})
+    assert wa._call_compiled(f, 1, 2) == 3
+    assert wa._call_compiled(f, 2, 2) == 4
+    assert calls == ["compiled"], "after one failure the eager function is used without retrying"
+    assert "using eager ops" in caplog.text

@@ -69,6 +69,15 @@ def _tile(acc, l_i, m_i, q, k, vt, scale, n0, S_KV,
 
 
 @triton.jit
+def _store_out(acc, l_i, VS, O, b, h, H, offs_m, offs_d, so_b, so_s, so_h, S_Q, HEAD_D: tl.constexpr):
+    """Normalize by the row sums, undo V's per-channel scale, store rows < S_Q in [B, S, H, D]."""
+    vs = tl.load(VS + (b * H + h) * HEAD_D + offs_d)
+    out = acc / l_i[:, None] * vs[None, :]
+    o_ptrs = O + b * so_b + h * so_h + offs_m[:, None] * so_s + offs_d[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < S_Q)
+
+
+@triton.jit
 def attn_fwd(Q, K, VT, QS, KS, VS, O,
              sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sv_b, sv_h, sv_d, so_b, so_s, so_h,
              H, NQB, NKB, S_Q, S_KV,
@@ -104,10 +113,7 @@ def attn_fwd(Q, K, VT, QS, KS, VS, O,
         vt = tl.load(v_ptrs + n_full * BLOCK_N)
         acc, l_i, m_i = _tile(acc, l_i, m_i, q, k, vt, scale, n_full * BLOCK_N, S_KV,
                               BLOCK_N, QK_INT8, True, PV_IN_DOT, MAGIC_I2F, EXP16)
-    vs = tl.load(VS + (b * H + h) * HEAD_D + offs_d)
-    out = acc / l_i[:, None] * vs[None, :]
-    o_ptrs = O + b * so_b + h * so_h + offs_m[:, None] * so_s + offs_d[None, :]
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < S_Q)
+    _store_out(acc, l_i, VS, O, b, h, H, offs_m, offs_d, so_b, so_s, so_h, S_Q, HEAD_D)
 
 
 @triton.jit
@@ -144,7 +150,4 @@ def attn_fwd_tma(desc_q, desc_k, desc_vt, QS, KS, VS, O, so_b, so_s, so_h,
         vt = desc_vt.load([row_v, n_full * BLOCK_N])
         acc, l_i, m_i = _tile(acc, l_i, m_i, q, k, vt, scale, n_full * BLOCK_N, S_KV,
                               BLOCK_N, QK_INT8, True, PV_IN_DOT, MAGIC_I2F, EXP16)
-    vs = tl.load(VS + (b * H + h) * HEAD_D + offs_d)
-    out = acc / l_i[:, None] * vs[None, :]
-    o_ptrs = O + b * so_b + h * so_h + offs_m[:, None] * so_s + offs_d[None, :]
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < S_Q)
+    _store_out(acc, l_i, VS, O, b, h, H, offs_m, offs_d, so_b, so_s, so_h, S_Q, HEAD_D)

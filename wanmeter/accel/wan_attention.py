@@ -27,8 +27,7 @@ import logging
 from .lowbit_attention import DEFAULT_CONFIG, KernelConfig, quantize_qkv, run_kernel
 
 log = logging.getLogger(__name__)
-_COMPILED_QUANT = {}
-_COMPILED_ROPE: dict = {}
+_COMPILED: dict = {}
 PROCESSOR_KINDS = ("fused_rope", "8bit")
 
 
@@ -49,27 +48,30 @@ def _rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
     return _rotate(q, cos, sin).to(q.dtype), _rotate(k, cos, sin).to(k.dtype)
 
 
-def _rope_fn():
-    """_rope_qk compiled once (one fused kernel per resolution); plain when the block itself is being
-    compiled or when torch.compile cannot run here (then the eager ops, i.e. diffusers' cost)."""
-    if torch.compiler.is_compiling():
-        return _rope_qk
-    fn = _COMPILED_ROPE.get("fn")
-    if fn is None:
-        fn = _COMPILED_ROPE["fn"] = torch.compile(_rope_qk, dynamic=False)
-    return fn
+def _rope_quantize(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   cfg: KernelConfig) -> dict:
+    """Rotate q and k (fp32, no bf16 round trip) and quantize q, k, v into the kernel's operands."""
+    return quantize_qkv(_rotate(q, cos, sin), _rotate(k, cos, sin), v, cfg)
 
 
-def _quantizer(cfg: KernelConfig):
-    """quantize_qkv as one fused kernel: compiled on first use in eager runs; traced as is when the
-    whole block is being compiled (it then fuses with the norm and rotary ops before it)."""
+def _call_compiled(fn, *args):
+    """fn(*args) as one fused kernel: compiled once per function in eager runs (recompiled per shape
+    by torch.compile itself); traced as is when the whole block is being compiled (it then fuses
+    with the block's norm ops). Where torch.compile cannot run (no working Triton), the eager ops
+    are used from then on, with one warning: slower, same result."""
     if torch.compiler.is_compiling():
-        return quantize_qkv
-    fn = _COMPILED_QUANT.get(cfg)
-    if fn is None:
-        fn = torch.compile(quantize_qkv, dynamic=False)
-        _COMPILED_QUANT[cfg] = fn
-    return fn
+        return fn(*args)
+    compiled = _COMPILED.get(fn)
+    if compiled is None:
+        compiled = _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    if compiled is fn:
+        return fn(*args)
+    try:
+        return compiled(*args)
+    except Exception as e:  # noqa: BLE001 - the compiler, not the math, failed: fall back once
+        log.warning("torch.compile unavailable for %s (%s: %s); using eager ops", fn.__name__, type(e).__name__, e)
+        _COMPILED[fn] = fn
+        return fn(*args)
 
 
 class _WanSelfAttnProcessor:
@@ -114,15 +116,7 @@ class FusedRopeWanAttnProcessor(_WanSelfAttnProcessor):
     def _attend(self, q, k, v, rotary_emb, dtype):
         from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-        fn = _rope_fn()
-        try:
-            q, k = fn(q, k, *rotary_emb)
-        except Exception as e:  # noqa: BLE001 - no working compiler here: fall back to eager ops once
-            if fn is _rope_qk:
-                raise
-            log.warning("fused rotary unavailable (%s: %s); using eager ops", type(e).__name__, e)
-            _COMPILED_ROPE["fn"] = _rope_qk
-            q, k = _rope_qk(q, k, *rotary_emb)
+        q, k = _call_compiled(_rope_qk, q, k, *rotary_emb)
         out = dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
                                     backend=self._attention_backend)
         return out.type_as(q)
@@ -138,9 +132,7 @@ class LowbitWanAttnProcessor(_WanSelfAttnProcessor):
         self.cfg = cfg
 
     def _attend(self, q, k, v, rotary_emb, dtype):
-        q = _rotate(q, *rotary_emb)
-        k = _rotate(k, *rotary_emb)
-        ops = _quantizer(self.cfg)(q, k, v, self.cfg)
+        ops = _call_compiled(_rope_quantize, q, k, v, *rotary_emb, self.cfg)
         return run_kernel(ops, dtype, self.cfg)
 
 
@@ -178,15 +170,6 @@ def install_wan_attention(model: torch.nn.Module, kind: str, device: torch.devic
     return n
 
 
-def install_lowbit_attention(model: torch.nn.Module, cfg: KernelConfig = DEFAULT_CONFIG,
-                             device: torch.device | str | None = None) -> int:
-    """install_wan_attention(model, "8bit", ...) (the device defaults to the model's)."""
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else None
-    return install_wan_attention(model, "8bit", device, cfg)
-
-
 def installed_kind(model: torch.nn.Module) -> str | None:
     """The kind of our processor on the model's self-attention, or None for diffusers' own."""
     for block in getattr(model, "blocks", []):
@@ -209,5 +192,3 @@ def remove_wan_attention(model: torch.nn.Module) -> int:
             n += 1
     return n
 
-
-remove_lowbit_attention = remove_wan_attention
