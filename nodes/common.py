@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..wanmeter import schema
 from ..wanmeter.errors import WanMeterError
 
 CATEGORY = "WanMeter"
@@ -19,16 +20,11 @@ WANMETER_VAE = "WANMETER_VAE"
 
 NONE_CHOICE = "none"
 
-WEIGHT_DTYPES = ["bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2"]
-COMPUTE_DTYPES = ["bf16", "fp16"]
-OFFLOAD_MODES = ["none", "model", "blocks", "auto"]
-ATTENTION_MODES = ["auto", "sdpa", "sdpa_flash", "sdpa_cudnn", "sage", "flash", "8bit"]
-SCHEDULERS = ["unipc", "euler"]
-STEP_CACHES = ["none", "first_block", "taylorseer"]
-LORA_TARGETS = ["both", "high_noise", "low_noise"]
-TEXT_ENCODER_DEVICES = ["gpu", "cpu"]
-TEXT_ENCODER_DTYPES = ["bf16", "fp16", "fp32"]
-VAE_DTYPES = ["bf16", "fp16", "fp32"]
+# Choices of the static combos live in wanmeter/data/node_schema.json; these names stay for the code
+# that checks values against them.
+SCHEDULERS = list(schema.widget("WanMeterSampler", "scheduler")["choices"])
+STEP_CACHES = list(schema.widget("WanMeterSampler", "step_cache")["choices"])
+LORA_TARGETS = list(schema.widget("WanMeterLoRA", "apply_to")["choices"])
 
 # folder_paths keys: the native ones, plus one of ours listing GGUF files in the same folders
 # (ComfyUI's diffusion_models list only knows .safetensors/.ckpt/...).
@@ -47,6 +43,32 @@ def _folder_paths():
 def _ensure_gguf_key(fp) -> None:
     if _GGUF_KEY not in fp.folder_names_and_paths:
         fp.folder_names_and_paths[_GGUF_KEY] = (fp.get_folder_paths("diffusion_models"), {".gguf"})
+
+
+def combo_choices(source: str) -> list[str]:
+    """Values of a dynamic combo named in node_schema.json's `choices_from`."""
+    if source.startswith("models:"):
+        folder, _, extra = source[len("models:"):].partition("+")
+        files = list_models(folder)
+        return ([NONE_CHOICE] + files) if extra == "none" else files
+    if source == "gpus":
+        from .estimate_adapter import gpu_choices
+
+        return gpu_choices()
+    if source == "attention":
+        from ..wanmeter.attention_kernels import node_choices
+
+        return node_choices()
+    raise WanMeterError(f"node_schema.json: unknown choices_from {source!r}.")
+
+
+def input_types(node_type: str) -> dict[str, Any]:
+    """INPUT_TYPES of one of our nodes, from its one declaration (wanmeter/data/node_schema.json)."""
+    return schema.input_types(node_type, combo_choices)
+
+
+def display_names(*node_types: str) -> dict[str, str]:
+    return {t: schema.display_name(t) for t in node_types}
 
 
 def list_models(folder: str) -> list[str]:

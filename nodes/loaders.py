@@ -22,46 +22,7 @@ class WanMeterModelLoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        models = c.list_models("diffusion_models")
-        return {
-            "required": {
-                "model": (models, {"tooltip": "Wan2.2 diffusion model from models/diffusion_models "
-                                   "(.safetensors, ComfyUI fp8_scaled, or .gguf). For A14B pick the "
-                                   "high-noise expert here."}),
-                "weight_dtype": (c.WEIGHT_DTYPES, {"default": "bf16", "tooltip": "How weights are stored in "
-                                 "memory. fp8 halves weight memory (dequantized per layer to the compute "
-                                 "dtype); bf16 is the reference quality."}),
-                "compute_dtype": (c.COMPUTE_DTYPES, {"default": "bf16", "tooltip": "Precision of the "
-                                  "matmuls and attention. bf16 is what Wan2.2 was trained in."}),
-                "offload": (c.OFFLOAD_MODES, {"default": "auto", "tooltip": "none: everything in VRAM. "
-                            "model: each expert moves to the GPU only while it runs. blocks: stream "
-                            "`blocks_to_stream` transformer blocks from CPU RAM each step. auto: the fastest "
-                            "plan that fits the free VRAM and RAM (may also store weights in fp8); the "
-                            "sampler re-plans for the actual video size."}),
-                "blocks_to_stream": ("INT", {"default": 0, "min": 0, "max": 40, "step": 1,
-                                     "tooltip": "With offload=blocks: how many of the DiT blocks live in "
-                                     "CPU RAM and are copied in each step (more = less VRAM, slower). "
-                                     "Ignored by other offload modes."}),
-                "attention": (c.ATTENTION_MODES, {"default": "auto", "tooltip": "Attention kernel. auto: "
-                              "the fastest available (cuDNN/flash SDPA on recent NVIDIA GPUs). sage and "
-                              "flash need their packages installed. 8bit: WanMeter's own int8/fp8 attention "
-                              "kernel (Triton) for Ada/Hopper GPUs, ~1.35x faster than cuDNN at 720p, output "
-                              "cosine >= 0.999 vs bf16 attention; errors on other GPUs."}),
-                "fp8_compute": ("BOOLEAN", {"default": False, "tooltip": "fp8 matmuls in the transformer "
-                                "blocks on Hopper/Ada GPUs (H100, L40S, RTX 40xx): measured 1.05-1.12x faster "
-                                "alone, small quality cost. Best with fp8 weights. Errors on GPUs without fp8; "
-                                "not with offload=blocks."}),
-                "compile": ("BOOLEAN", {"default": False, "tooltip": "Regional torch.compile of the "
-                            "transformer blocks: measured 1.07-1.18x faster. The first run compiles for about "
-                            "a minute; not with offload=blocks."}),
-            },
-            "optional": {
-                "model_low_noise": ([c.NONE_CHOICE] + models, {"default": c.NONE_CHOICE,
-                                    "tooltip": "A14B only: the low-noise expert file (e.g. "
-                                    "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors). Leave 'none' for "
-                                    "TI2V-5B and S2V."}),
-            },
-        }
+        return c.input_types("WanMeterModelLoader")
 
     RETURN_TYPES = (c.WANMETER_MODEL,)
     RETURN_NAMES = ("model",)
@@ -141,20 +102,22 @@ def _load_bundle(info, high_path: str, low_path: str | None, *, weight_dtype: st
     from ..wanmeter.sampler import WanModelBundle
     from .parallel_bundle import BundleSpec
 
-    if info.variant == "s2v_14b":  # no diffusers S2V model: the S2V loader, whole model on the device
-        from ..wanmeter.s2v.loader import load_s2v
-
-        return load_s2v(info, weight_dtype=weight_dtype, compute_dtype=compute_dtype, device=device)
     auto = offload == "auto"
     plan_text = ""
-    if device.type == "cpu":
+    if auto:
+        offload, blocks_to_stream, weight_dtype, plan_text = auto_plan(info, weight_dtype, attention, fp8_compute,
+                                                                       compile, device)
+    elif device.type == "cpu":
         offload, blocks_to_stream = "none", 0  # ComfyUI --cpu: everything stays in RAM
-    elif auto:
-        offload, blocks_to_stream, weight_dtype, plan_text = auto_plan(info, weight_dtype, attention, device)
     load_device = device if offload == "none" else torch.device("cpu")
     experts = []
     kw = dict(weight_dtype=weight_dtype, compute_dtype=compute_dtype, device=load_device)
-    experts.append(load_dit(info, **kw))
+    if _facts(info.variant).get("audio"):  # S2V: its own module (diffusers has none), placed like the others
+        from ..wanmeter.s2v.loader import load_s2v
+
+        experts.append(load_s2v(info, **kw))
+    else:
+        experts.append(load_dit(info, **kw))
     if low_path is not None:
         low = inspect_dit(low_path)
         check_expert_pair(info, low)
@@ -164,8 +127,12 @@ def _load_bundle(info, high_path: str, low_path: str | None, *, weight_dtype: st
                              compile=compile)
     runtime.validate()
     bundle = WanModelBundle.from_loaded(info.variant, *experts, runtime=runtime)
-    bundle.wanmeter_auto_offload = auto and device.type != "cpu"
+    bundle.wanmeter_auto_offload = auto and bool(plan_text)
     bundle.wanmeter_weight_dtype = weight_dtype
+    # what the planner calls these weights (a GGUF quant, or the storage dtype): the sampler re-plans with them
+    from ..wanmeter.memplan import source_of
+
+    bundle.wanmeter_plan_weights = source_of(info) if info.layout == "gguf" else weight_dtype
     bundle.wanmeter_plan_text = plan_text
     bundle.wanmeter_source = BundleSpec(variant=info.variant, high_path=str(high_path),
                                         low_path=None if low_path is None else str(low_path),
@@ -174,41 +141,37 @@ def _load_bundle(info, high_path: str, low_path: str | None, *, weight_dtype: st
     return bundle
 
 
-def auto_plan(info, weight_dtype: str, attention: str, device) -> tuple[str, int, str, str]:
-    """offload=auto at load time: wanmeter.memplan.plan_for at the variant's default size, with the
-    free VRAM/RAM now (after ComfyUI unloaded its models) and the detected GPU.
+def planner_gpu(gpu_key: str | None):
+    """The GPU the planner plans for: the detected table entry, else (a GPU missing from the table) an
+    H100's speeds with this card's free memory: fit decides, speed only orders the fitting plans."""
+    from ..wanmeter.estimator import get_gpu
 
-    Returns (offload, blocks_to_stream, weight_dtype to load with, one-line description). A GPU
-    missing from the table falls back to the estimate adapter's conservative rule."""
-    from ..wanmeter.estimator.workload import Plan, Workload
-    from ..wanmeter.memplan import apply_plan, free_memory, plan_for, source_of
-    from . import estimate_adapter as ea
+    return get_gpu(gpu_key or "h100_sxm")
 
-    f = _facts(info.variant)
-    w, h = f["sizes"][0]
+
+def base_plan(weight_dtype: str, attention: str, fp8_compute: bool, compile: bool):
+    """The user's loader widgets as the planner's starting Plan (what it keeps)."""
+    from ..wanmeter.estimator.workload import Plan
+
+    return Plan(weight_dtype=weight_dtype, attention=attention, fp8_compute=bool(fp8_compute), compile=bool(compile))
+
+
+def auto_plan(info, weight_dtype: str, attention: str, fp8_compute: bool, compile: bool,
+              device) -> tuple[str, int, str, str]:
+    """offload=auto at load time: wanmeter.memplan.loader_plan with the free VRAM/RAM now (after
+    ComfyUI unloaded its models). Returns (offload, blocks_to_stream, weight_dtype to load with, a
+    one-line description; "" when there is no GPU to plan for: everything stays where it is)."""
+    from ..wanmeter.memplan import apply_plan, free_memory, loader_plan, source_of
+
     vram, ram, gpu_key = free_memory(device)
-    if vram is None or gpu_key is None:
-        off, blocks = ea.auto_offload(info.variant, weight_dtype, width=w, height=h,
-                                      frames=int(f["default_frames"]), steps=int(f["default_steps"]))
-        return off, blocks, weight_dtype, f"offload auto: {off}" + (f", stream {blocks} blocks" if blocks else "")
-    source = source_of(info)
-    base = Plan(weight_dtype=weight_dtype if weight_dtype in ("bf16", "fp16", "fp32", "fp8_e4m3fn") else source)
-    # The default size first; if nothing fits it, the smallest official size (the user may sample
-    # smaller; the sampler re-plans for the real size). Still nothing: the planner's error.
-    smallest = min(f["sizes"], key=lambda s: s[0] * s[1])
-    for i, (w, h) in enumerate([(w, h), tuple(smallest)]):
-        work = Workload(variant=info.variant, width=int(w), height=int(h), frames=int(f["default_frames"]),
-                        steps=int(f["default_steps"]), cfg=tuple(float(x) for x in f["default_cfg"]))
-        try:
-            chosen = plan_for(work, vram, ram, gpu_key, source=source, base=base)
-            break
-        except WanMeterError:
-            if i == 1:
-                raise
+    if vram is None:
+        return "none", 0, weight_dtype, ""
+    chosen = loader_plan(info.variant, vram, ram, planner_gpu(gpu_key), source=source_of(info),
+                         base=base_plan(weight_dtype, attention, fp8_compute, compile))
     applied = apply_plan(chosen.plan)
     rt = applied.runtime_options(str(device))
-    wd = applied.loader_kwargs().get("weight_dtype", weight_dtype)
-    return rt.offload, int(rt.blocks_to_stream), wd, f"auto plan ({w}x{h}, {f['default_frames']} frames): {chosen.description}"
+    wd = applied.loader_kwargs().get("weight_dtype", weight_dtype)   # a GGUF file keeps its quantization
+    return rt.offload, int(rt.blocks_to_stream), wd, f"auto plan: {chosen.description}"
 
 
 def _facts(variant: str) -> dict:
@@ -222,17 +185,7 @@ class WanMeterTextEncoderLoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "text_encoder": (c.list_models("text_encoders"), {"tooltip": "umt5-xxl encoder from "
-                                 "models/text_encoders, e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors."}),
-                "device": (c.TEXT_ENCODER_DEVICES, {"default": "gpu", "tooltip": "gpu: fast, needs ~6-11 GB "
-                           "VRAM while encoding (freed before sampling). cpu: saves that VRAM, takes seconds "
-                           "to minutes per prompt."}),
-                "dtype": (c.TEXT_ENCODER_DTYPES, {"default": "bf16", "tooltip": "Compute precision; bf16 "
-                          "matches the official code."}),
-            }
-        }
+        return c.input_types("WanMeterTextEncoderLoader")
 
     RETURN_TYPES = (c.WANMETER_TEXT_ENCODER,)
     RETURN_NAMES = ("text_encoder",)
@@ -262,16 +215,7 @@ class WanMeterVAELoader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "vae": (c.list_models("vae"), {"tooltip": "wan_2.1_vae.safetensors for A14B and S2V, "
-                        "wan2.2_vae.safetensors for TI2V-5B."}),
-                "tiled": ("BOOLEAN", {"default": False, "tooltip": "Default for WanMeter VAE Decode set to "
-                          "'auto': decode in spatial tiles (several times less VRAM, about 2x slower)."}),
-                "dtype": (c.VAE_DTYPES, {"default": "bf16", "tooltip": "VAE precision. The official code "
-                          "uses fp32 (twice the memory); bf16 halves it (quality not yet compared on real weights)."}),
-            }
-        }
+        return c.input_types("WanMeterVAELoader")
 
     RETURN_TYPES = (c.WANMETER_VAE,)
     RETURN_NAMES = ("vae",)
@@ -300,8 +244,4 @@ NODE_CLASS_MAPPINGS = {
     "WanMeterTextEncoderLoader": WanMeterTextEncoderLoader,
     "WanMeterVAELoader": WanMeterVAELoader,
 }
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "WanMeterModelLoader": "WanMeter Model Loader (Wan2.2)",
-    "WanMeterTextEncoderLoader": "WanMeter Text Encoder Loader (umt5)",
-    "WanMeterVAELoader": "WanMeter VAE Loader",
-}
+NODE_DISPLAY_NAME_MAPPINGS = c.display_names("WanMeterModelLoader", "WanMeterTextEncoderLoader", "WanMeterVAELoader")

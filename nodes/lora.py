@@ -16,21 +16,7 @@ from .parallel_bundle import LoraSpec, expert_indices
 class WanMeterLoRA:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "model": (c.WANMETER_MODEL, {"tooltip": "From WanMeter Model Loader (or another WanMeter LoRA). "
-                          "The LoRA is merged into bf16/fp16/fp32 weights: load the model with weight_dtype bf16 "
-                          "(fp8-stored and GGUF weights are refused), and fp8_compute is applied after the merge."}),
-                "lora": (_lora_files(), {"tooltip": "A Wan2.2 LoRA from models/loras (ComfyUI, diffusers "
-                         "or official key names). It must match the model size (14B or 5B)."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01, "round": 0.001,
-                             "tooltip": "Multiplier of the LoRA's change; 0 leaves the model as it is."}),
-                "apply_to": (c.LORA_TARGETS, {"default": "both", "tooltip": "A14B: which expert gets the LoRA "
-                             "(Wan2.2 LoRAs often come as a high_noise and a low_noise file: chain two nodes). "
-                             "TI2V-5B has one model: always that one."}),
-            },
-            "hidden": {"unique_id": "UNIQUE_ID"},
-        }
+        return c.input_types("WanMeterLoRA")
 
     RETURN_TYPES = (c.WANMETER_MODEL,)
     RETURN_NAMES = ("model",)
@@ -92,4 +78,4 @@ def _unplace(model) -> None:
 
 
 NODE_CLASS_MAPPINGS = {"WanMeterLoRA": WanMeterLoRA}
-NODE_DISPLAY_NAME_MAPPINGS = {"WanMeterLoRA": "WanMeter LoRA (Wan2.2)"}
+NODE_DISPLAY_NAME_MAPPINGS = c.display_names("WanMeterLoRA")

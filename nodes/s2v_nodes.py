@@ -20,18 +20,7 @@ class WanMeterS2VAudio:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "audio": ("AUDIO", {"tooltip": "Speech from a native LoadAudio node (any rate, any channels)."}),
-                "audio_encoder": (c.list_models("audio_encoders"), {"tooltip": "wav2vec2_large_english_fp16.safetensors "
-                                  "in models/audio_encoders."}),
-                "audio_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 4.0, "step": 0.05,
-                                "tooltip": "Strength of the audio features (1.0 = official)."}),
-                "device": (AUDIO_DEVICES, {"default": "gpu", "tooltip": "Where wav2vec2 runs (it is unloaded after)."}),
-                "clips": ("INT", {"default": 0, "min": 0, "max": 120, "tooltip": "Clips of 80 frames (5 s) to "
-                          "generate; 0 = enough to cover the whole audio."}),
-            }
-        }
+        return c.input_types("WanMeterS2VAudio")
 
     RETURN_TYPES = (WANMETER_S2V_AUDIO,)
     RETURN_NAMES = ("s2v_audio",)
@@ -67,32 +56,7 @@ class WanMeterS2VSampler:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "model": (c.WANMETER_MODEL, {"tooltip": "WanMeter Model Loader with wan2.2_s2v_14B_*.safetensors."}),
-                "positive": ("CONDITIONING", {"tooltip": "Prompt from WanMeter Text Encode (umt5-xxl)."}),
-                "negative": ("CONDITIONING", {"tooltip": "Negative prompt; the uncond pass also zeroes the audio."}),
-                "s2v_audio": (WANMETER_S2V_AUDIO, {"tooltip": "WanMeter S2V Audio: speech features for every clip."}),
-                "ref_image": ("IMAGE", {"tooltip": "The person to animate (resized and centre-cropped)."}),
-                "vae": (c.WANMETER_VAE, {"tooltip": "wan_2.1_vae.safetensors."}),
-                "width": ("INT", {"default": 832, "min": 64, "max": 2048, "step": 16,
-                          "tooltip": "Video width (multiple of 16). Official: 832x480, 1024x704 and portrait."}),
-                "height": ("INT", {"default": 480, "min": 64, "max": 2048, "step": 16, "tooltip": "Video height."}),
-                "steps": ("INT", {"default": 40, "min": 1, "max": 200, "tooltip": "Steps per clip (official: 40)."}),
-                "cfg": ("FLOAT", {"default": 4.5, "min": 1.0, "max": 20.0, "step": 0.1,
-                        "tooltip": "1.0 disables CFG (one pass per step)."}),
-                "shift": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 20.0, "step": 0.1,
-                          "tooltip": "Flow shift (official S2V: 3)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                         "tooltip": "Clip r uses seed + r (official)."}),
-                "drop_first_motion": ("BOOLEAN", {"default": True, "tooltip": "Official: the first clip has no "
-                                      "motion history (and loses its first 3 frames)."}),
-            },
-            "optional": {
-                "pose_video": ("IMAGE", {"tooltip": "Optional pose frames driving the motion (16 fps)."}),
-            },
-            "hidden": {"unique_id": "UNIQUE_ID"},
-        }
+        return c.input_types("WanMeterS2VSampler")
 
     RETURN_TYPES = ("IMAGE", "AUDIO")
     RETURN_NAMES = ("frames", "audio")
@@ -108,17 +72,24 @@ class WanMeterS2VSampler:
         from ..wanmeter.s2v.sampler import sample_s2v
         from .conditioning import from_conditioning
 
-        net = getattr(model, "model", model)
+        experts = getattr(model, "experts", None)
+        net = experts[0] if experts else getattr(model, "model", model)
         if not (hasattr(net, "casual_audio_encoder") and hasattr(net, "frame_packer")):
             raise WanMeterError("model is not Wan2.2 S2V-14B. Load wan2.2_s2v_14B_*.safetensors with WanMeter Model "
                                 "Loader (use WanMeter Sampler for T2V/I2V/TI2V).")
         if vae is None or getattr(vae, "family", "wan21") != "wan21":
             raise WanMeterError("S2V-14B uses the Wan2.1 VAE: load wan_2.1_vae.safetensors with WanMeter VAE Loader.")
+        if experts:
+            from .sampler import _plan_runtime
+
+            _plan_runtime(model, int(width), int(height), {"frames": int(model.facts["clip_frames"]), "steps": steps,
+                                                            "cfg_high": cfg, "cfg_low": cfg, "batch_size": 1,
+                                                            "shift": shift, "boundary": None})
         pos = from_conditioning(positive, name="positive")[:1]
         neg = from_conditioning(negative, name="negative")[:1]
         clips = getattr(s2v_audio, "num_clips", 1)
         pbar = comfy.utils.ProgressBar(clips * steps, node_id=unique_id)
-        meter = StepMeter(next(net.parameters()).device)
+        meter = StepMeter(model.runtime.torch_device() if experts else next(net.parameters()).device)
 
         def on_step(done: int, total: int, _latent) -> None:
             c.check_interrupt()
@@ -126,7 +97,7 @@ class WanMeterS2VSampler:
             pbar.update_absolute(done, total)
 
         try:
-            res = sample_s2v(net, pos, neg, s2v_audio, ref_image, vae, width=int(width), height=int(height),
+            res = sample_s2v(model if experts else net, pos, neg, s2v_audio, ref_image, vae, width=int(width), height=int(height),
                              steps=int(steps), cfg=float(cfg), shift=float(shift), seed=int(seed),
                              pose_video=pose_video, drop_first_motion=bool(drop_first_motion), callback=on_step)
         finally:
@@ -139,7 +110,4 @@ NODE_CLASS_MAPPINGS = {
     "WanMeterS2VAudio": WanMeterS2VAudio,
     "WanMeterS2VSampler": WanMeterS2VSampler,
 }
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "WanMeterS2VAudio": "WanMeter S2V Audio",
-    "WanMeterS2VSampler": "WanMeter S2V Sampler",
-}
+NODE_DISPLAY_NAME_MAPPINGS = c.display_names("WanMeterS2VAudio", "WanMeterS2VSampler")

@@ -16,60 +16,7 @@ from .conditioning import from_conditioning, match_batch
 class WanMeterSampler:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "model": (c.WANMETER_MODEL, {"tooltip": "From WanMeter Model Loader."}),
-                "positive": ("CONDITIONING", {"tooltip": "Prompt embedding: WanMeter Text Encode or native "
-                             "CLIPTextEncode with a umt5 (type wan) encoder."}),
-                "negative": ("CONDITIONING", {"tooltip": "Negative prompt embedding (used by CFG)."}),
-                "width": ("INT", {"default": 1280, "min": 16, "max": 4096, "step": 16, "tooltip": "Video width "
-                          "in pixels: a multiple of 16 (32 for TI2V-5B). With a start image (I2V) this is "
-                          "the target area; the aspect follows the image."}),
-                "height": ("INT", {"default": 720, "min": 16, "max": 4096, "step": 16, "tooltip": "Video height "
-                           "in pixels: a multiple of 16 (32 for TI2V-5B)."}),
-                "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4, "tooltip": "Number of frames: "
-                           "4k+1 (81 = 5 s at 16 fps for A14B, 121 = 5 s at 24 fps for TI2V-5B). Time and "
-                           "memory grow with frames."}),
-                "steps": ("INT", {"default": 40, "min": 1, "max": 200, "tooltip": "Denoising steps. Official: 40 "
-                          "(A14B), 50 (TI2V-5B). Time grows linearly with steps."}),
-                "cfg_high": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                             "tooltip": "Classifier-free guidance scale. For A14B: used by the high-noise expert; "
-                             "for TI2V-5B/S2V: the only scale. 1.0 skips the negative pass (half the time)."}),
-                "cfg_low": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                            "tooltip": "A14B only: guidance scale of the low-noise expert. Ignored by TI2V-5B."}),
-                "shift": ("FLOAT", {"default": 12.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
-                          "tooltip": "Flow-matching sigma shift. Official: 12 (T2V-A14B), 5 (I2V-A14B, TI2V-5B)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed."}),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Videos generated together "
-                               "(activation memory grows with it)."}),
-                "scheduler": (c.SCHEDULERS, {"default": "unipc", "tooltip": "unipc: the official flow-matching "
-                              "UniPC solver. euler: first-order flow-matching Euler."}),
-                "boundary": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.005, "round": 0.001,
-                             "tooltip": "A14B: timestep fraction at which sampling switches from the high-noise "
-                             "to the low-noise expert. 0 = the variant default (0.875 T2V, 0.9 I2V)."}),
-                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "1.0: from "
-                            "pure noise. Below 1 with a latent input: keep that much of the input video."}),
-                "step_cache": (c.STEP_CACHES, {"default": "none", "tooltip": "Skip work on steps whose result "
-                               "barely changes. first_block: First-Block Cache (skips the other blocks when the "
-                               "first block's output moved less than cache_threshold). taylorseer: full forwards "
-                               "every cache_threshold steps, predicted in between. Faster, slightly different "
-                               "video."}),
-                "cache_threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01,
-                                    "round": 0.001, "tooltip": "0 = the cache's default. first_block: relative "
-                                    "change under which blocks are skipped (0.05-0.15; higher = faster, less "
-                                    "faithful). taylorseer: steps between full forwards (2-6)."}),
-                "num_gpus": ("INT", {"default": 1, "min": 1, "max": 8, "tooltip": "GPUs of this machine for "
-                             "one video: 2 = CFG-parallel (measured 1.98x), more adds sequence parallelism "
-                             "(3.78x on 4). Each GPU loads its own copy of the model from the files."}),
-            },
-            "optional": {
-                "latent": ("LATENT", {"tooltip": "Optional raw latent to start from (with denoise < 1)."}),
-                "start_image": ("IMAGE", {"tooltip": "First frame: I2V-A14B needs one; TI2V-5B uses it for "
-                                "image-to-video. Needs the vae input too."}),
-                "vae": (c.WANMETER_VAE, {"tooltip": "Encodes start_image (the model family's VAE)."}),
-            },
-            "hidden": {"unique_id": "UNIQUE_ID"},
-        }
+        return c.input_types("WanMeterSampler")
 
     RETURN_TYPES = ("LATENT",)
     OUTPUT_TOOLTIPS = ("Raw latent video (ComfyUI convention: native VAEDecode works on it too).",)
@@ -214,23 +161,34 @@ def _run_parallel(model, pos, neg, req, num_gpus: int, callback):
 
 
 def _plan_runtime(model, width: int, height: int, fields: dict[str, Any]) -> None:
-    """offload=auto: re-plan for this workload on this GPU (the loader planned for the official size)."""
+    """offload=auto: re-plan for this video on this GPU (the loader planned at the official size):
+    wanmeter.memplan.sampler_plan, the same call every estimate makes after the loader's."""
     if not getattr(model, "wanmeter_auto_offload", False):
         return
-    from . import estimate_adapter as ea
+    from dataclasses import replace
 
-    offload, blocks = ea.auto_offload(model.variant, getattr(model, "wanmeter_weight_dtype", "bf16"),
-                                      width=width, height=height, frames=int(fields["frames"]),
-                                      steps=int(fields["steps"]), batch=int(fields["batch_size"]))
+    from ..wanmeter.estimator import Workload
+    from ..wanmeter.memplan import apply_plan, free_memory, sampler_plan
+    from .loaders import base_plan, planner_gpu
+
     rt = model.runtime
-    if offload == "blocks" and (rt.fp8_compute or rt.compile):
-        raise WanMeterError(f"offload=auto needs to stream {blocks} blocks for {width}x{height}x{fields['frames']} "
-                            "on this GPU, and fp8_compute/compile do not work with streamed blocks: turn them "
-                            "off in WanMeter Model Loader, or lower the size.")
-    if (rt.offload, rt.blocks_to_stream) != (offload, blocks):
-        from dataclasses import replace
-
-        model.set_runtime(replace(rt, offload=offload, blocks_to_stream=blocks))
+    device = rt.torch_device()
+    vram, ram, gpu_key = free_memory(device)
+    if vram is None:
+        return
+    placed = getattr(model, "_placement", None)
+    if device.type == "cuda" and placed is not None:   # our own resident weights count as free: re-placing moves them
+        vram += sum(e["resident_bytes"] for e in placed.describe()["experts"] if e)
+    experts = int(model.facts["experts"])
+    cfg = (float(fields["cfg_high"]), float(fields["cfg_low"])) if experts == 2 else (float(fields["cfg_high"]),)
+    w = Workload(variant=model.variant, width=width, height=height, frames=int(fields["frames"]),
+                 steps=int(fields["steps"]), cfg=cfg, batch=int(fields["batch_size"]), shift=float(fields["shift"]) or None,
+                 boundary=fields.get("boundary") or None)
+    base = base_plan(getattr(model, "wanmeter_plan_weights", "bf16"), rt.attention, rt.fp8_compute, rt.compile)
+    chosen = sampler_plan(w, vram, ram, planner_gpu(gpu_key), base=base)
+    new = apply_plan(chosen.plan).runtime_options(rt.device)
+    if (rt.offload, rt.blocks_to_stream) != (new.offload, new.blocks_to_stream):
+        model.set_runtime(replace(rt, offload=new.offload, blocks_to_stream=new.blocks_to_stream))
 
 
 def _stats(st) -> dict:
@@ -304,4 +262,4 @@ def stats_text(s: dict) -> str:
 
 
 NODE_CLASS_MAPPINGS = {"WanMeterSampler": WanMeterSampler}
-NODE_DISPLAY_NAME_MAPPINGS = {"WanMeterSampler": "WanMeter Sampler"}
+NODE_DISPLAY_NAME_MAPPINGS = c.display_names("WanMeterSampler")

@@ -7,29 +7,15 @@ from ..wanmeter.errors import WanMeterError
 from . import common as c
 from .conditioning import to_conditioning
 
-# The official default negative prompt (Wan2.2 wan/configs/shared_config.py, sample_neg_prompt).
-OFFICIAL_NEGATIVE_PROMPT = (
-    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
-    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
-    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
-)
+# The official Wan2.2 negative prompt (wan/configs/shared_config.py, sample_neg_prompt): declared once, as
+# the default of the node's widget in wanmeter/data/node_schema.json.
+OFFICIAL_NEGATIVE_PROMPT = c.schema.default("WanMeterTextEncode", "negative")
 
 
 class WanMeterTextEncode:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "text_encoder": (c.WANMETER_TEXT_ENCODER, {"tooltip": "From WanMeter Text Encoder Loader."}),
-                "positive": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "",
-                             "tooltip": "What the video shows. Wan2.2 follows long, concrete descriptions "
-                             "(subject, motion, camera, light)."}),
-                "negative": ("STRING", {"multiline": True, "dynamicPrompts": True,
-                             "default": OFFICIAL_NEGATIVE_PROMPT,
-                             "tooltip": "What to avoid. The default is the official Wan2.2 negative prompt "
-                             "(Chinese), which the models were tuned with."}),
-            }
-        }
+        return c.input_types("WanMeterTextEncode")
 
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
     RETURN_NAMES = ("positive", "negative")
@@ -54,4 +40,4 @@ class WanMeterTextEncode:
 
 
 NODE_CLASS_MAPPINGS = {"WanMeterTextEncode": WanMeterTextEncode}
-NODE_DISPLAY_NAME_MAPPINGS = {"WanMeterTextEncode": "WanMeter Text Encode"}
+NODE_DISPLAY_NAME_MAPPINGS = c.display_names("WanMeterTextEncode")

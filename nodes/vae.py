@@ -25,15 +25,7 @@ def _tiled(vae, choice: str) -> bool:
 class WanMeterVAEDecode:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "samples": ("LATENT", {"tooltip": "Raw Wan latent [B, C, T, H, W] (WanMeter Sampler or native)."}),
-                "vae": (c.WANMETER_VAE, {"tooltip": "The VAE of the model family: Wan2.1 VAE for A14B/S2V, "
-                        "Wan2.2 VAE for TI2V-5B."}),
-                "tiled": (TILED_CHOICES, {"default": "auto", "tooltip": "Decode in spatial tiles: several "
-                          "times less VRAM, about 2x slower. auto: the VAE loader's setting."}),
-            }
-        }
+        return c.input_types("WanMeterVAEDecode")
 
     RETURN_TYPES = ("IMAGE",)
     OUTPUT_TOOLTIPS = ("Frames as IMAGE [frames, H, W, 3] in 0..1; several videos are concatenated.",)
@@ -71,13 +63,7 @@ class WanMeterVAEDecode:
 class WanMeterVAEEncode:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "pixels": ("IMAGE", {"tooltip": "Frames [frames, H, W, 3] in 0..1; sides must be multiples "
-                           "of the VAE stride (8 for Wan2.1, 16 for Wan2.2)."}),
-                "vae": (c.WANMETER_VAE, {"tooltip": "From WanMeter VAE Loader."}),
-            }
-        }
+        return c.input_types("WanMeterVAEEncode")
 
     RETURN_TYPES = ("LATENT",)
     OUTPUT_TOOLTIPS = ("Raw latent {'samples': [1, C, T, H, W]} (ComfyUI convention).",)
@@ -102,4 +88,4 @@ class WanMeterVAEEncode:
 
 
 NODE_CLASS_MAPPINGS = {"WanMeterVAEDecode": WanMeterVAEDecode, "WanMeterVAEEncode": WanMeterVAEEncode}
-NODE_DISPLAY_NAME_MAPPINGS = {"WanMeterVAEDecode": "WanMeter VAE Decode", "WanMeterVAEEncode": "WanMeter VAE Encode"}
+NODE_DISPLAY_NAME_MAPPINGS = c.display_names("WanMeterVAEDecode", "WanMeterVAEEncode")

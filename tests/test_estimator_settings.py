@@ -12,7 +12,6 @@ import pytest
 from wanmeter.errors import WanMeterError
 from wanmeter.estimator import estimate_reply, validate_settings, workload_from_settings, workload_from_ui_workflow
 from wanmeter.estimator.cli_estimate import main as cli_main
-from wanmeter.estimator.settings import WIDGETS
 
 ROOT = Path(__file__).resolve().parents[1]
 OK = {"variant": "t2v_a14b", "width": 1280, "height": 720, "frames": 81, "steps": 40, "gpu": "RTX 4090"}
@@ -27,9 +26,9 @@ OK = {"variant": "t2v_a14b", "width": 1280, "height": 720, "frames": 81, "steps"
     ({"steps": 2.5}, "whole number"),
     ({"steps": "40"}, "must be a number"),
     ({"steps": True}, "must be a number"),
-    ({"model": "../../etc/passwd"}, "not a plain file name"),
-    ({"model": "sub/dir.safetensors"}, "not a plain file name"),
-    ({"model_low_noise": "a\\b.safetensors"}, "not a plain file name"),
+    ({"model": "../../etc/passwd"}, "not a file inside the model folders"),
+    ({"model": "/abs/dir.safetensors"}, "not a file inside the model folders"),
+    ({"model_low_noise": "a\\..\\b.safetensors"}, "not a file inside the model folders"),
     ({"offload": "disk"}, "offload='disk' is not supported"),
     ({"cfg": [1, 2, 3]}, "one or two guidance"),
     ({"vae_tiled": "yes"}, "true or false"),
@@ -52,12 +51,14 @@ def test_validate_settings_rejects_non_dict_and_oversized():
 
 def test_settings_to_workload_and_plan():
     s = validate_settings({**OK, "cfg_high": 3.5, "cfg_low": 1.0, "weight_dtype": "fp8_e4m3fn", "offload": "blocks",
-                           "blocks_to_stream": 12, "attention": "sdpa_flash", "budget_gb": 20.0, "loras": 1})
+                           "blocks_to_stream": 12, "attention": "sdpa_flash", "budget_gb": 20.0, "loras": 1,
+                           "model": "wan/sub/x.safetensors"})
     assert s["gpu"] == "rtx4090"
     w, p = workload_from_settings(s)
     assert w.cfg == (3.5, 1.0) and w.loras == 1
     assert (p.weight_dtype, p.offload, p.blocks_to_stream, p.attention) == ("fp8_e4m3fn", "blocks", 12, "flash")
-    assert p.budget_gib == pytest.approx(20e9 / 2 ** 30)
+    assert p.budget_gib == 20.0   # the budget is in GiB everywhere (budget_gb is its old name)
+    assert s["model"] == "wan/sub/x.safetensors"   # subfolders of the model folders are fine
     with pytest.raises(WanMeterError, match="4k\\+1"):
         workload_from_settings(validate_settings({**OK, "frames": 80}))
     with pytest.raises(WanMeterError, match="multiple of 32"):
@@ -65,14 +66,15 @@ def test_settings_to_workload_and_plan():
 
 
 def test_estimate_reply_shape_and_auto_offload():
-    r = estimate_reply(validate_settings({**OK, "offload": "auto", "videos_per_month": 10}))
-    assert r["fits"] and r["notes"][0].startswith("offload auto:")
-    for k in ("peak_vram_gb", "budget_gb", "ram_gb", "seconds_per_video", "seconds_per_step", "cost_per_video",
-              "cost_per_month", "price_per_hour", "cheapest", "estimate"):
+    r = estimate_reply({**OK, "offload": "auto", "videos_per_month": 10})
+    assert r["fits"] and any(n.startswith("offload auto:") for n in r["notes"])
+    for k in ("peak_vram_gib", "budget_gib", "ram_gib", "seconds_per_video", "seconds_per_step", "cost_per_video",
+              "cost_per_month", "price_per_hour", "cheapest", "plan", "plan_fields", "time_parts"):
         assert k in r
+    assert not any(k.endswith("_gb") for k in r)   # one unit: GiB
     assert r["gpu"]["key"] == "rtx4090" and r["cost_per_month"] == pytest.approx(10 * r["cost_per_video"], rel=1e-3)
-    r2 = estimate_reply(validate_settings({**OK, "offload": "none"}))
-    assert not r2["fits"] and r2["suggestion"].startswith("Fits with:")
+    r2 = estimate_reply({**OK, "offload": "none"})
+    assert not r2["fits"] and r2["suggestion"].startswith("Try:")
     json.dumps(r2)
 
 
@@ -89,46 +91,56 @@ def test_workflows_parse(wf):
 
 
 def test_workflow_errors():
-    with pytest.raises(WanMeterError, match="UI-format"):
+    with pytest.raises(WanMeterError, match="No WanMeter Model Loader feeds the sampler"):
         workload_from_ui_workflow({"1": {"class_type": "WanMeterSampler"}})
     with pytest.raises(WanMeterError, match="no WanMeter Model Loader"):
         workload_from_ui_workflow({"nodes": []})
+    with pytest.raises(WanMeterError, match="Not a workflow"):
+        workload_from_ui_workflow({"x": 1})
 
 
-def test_widget_table_matches_node_definitions(monkeypatch, tmp_path):
-    """settings.WIDGETS must list each node's widgets in INPUT_TYPES order (what widgets_values holds)."""
+def test_node_inputs_come_from_the_schema(monkeypatch, tmp_path):
+    """Every node's INPUT_TYPES is its node_schema.json entry, in the order widgets_values holds, and every
+    widget that feeds the estimate names a declared setting."""
+    from wanmeter import schema
+    from wanmeter.estimator.settings import setting_specs
+
     spec = importlib.util.spec_from_file_location("wanmeter_comfy_stubs", ROOT / "tests" / "comfy_stubs.py")
     stubs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stubs)
     for name, mod in stubs.make_stubs(tmp_path).items():
         monkeypatch.setitem(sys.modules, name, mod)
+    sys.modules["folder_paths"].folder_names_and_paths["loras"] = ([str(tmp_path)], set())
     pack = stubs.import_pack()
     try:
         widget_types = ("INT", "FLOAT", "BOOLEAN", "STRING")
-        for node_type, names in WIDGETS.items():
-            cls = pack.NODE_CLASS_MAPPINGS[node_type]
-            spec_ = cls.INPUT_TYPES()
+        assert set(schema.node_types()) == set(pack.NODE_CLASS_MAPPINGS)
+        for node_type in schema.node_types():
+            spec_ = pack.NODE_CLASS_MAPPINGS[node_type].INPUT_TYPES()
             declared = [k for part in ("required", "optional") for k, v in spec_.get(part, {}).items()
                         if isinstance(v[0], list) or v[0] in widget_types]
-            alias = {"text_encoder_device": "device", "text_encoder_dtype": "dtype", "vae_tiled": "tiled",
-                     "vae_dtype": "dtype", "audio_device": "device", "s2v_clips": "clips"}
-            if node_type == "WanMeterS2VSampler":
-                alias["cfg_high"] = "cfg"
-            ours = [alias.get(n, n) for n in names]
-            assert ours == declared, node_type
+            assert schema.widget_names(node_type) == declared, node_type
+            assert pack.NODE_DISPLAY_NAME_MAPPINGS[node_type] == schema.display_name(node_type)
+            for w, key in schema.settings_of(node_type).items():
+                assert key in setting_specs() or key == "vae_tiled_override", (node_type, w, key)
     finally:
         for k in [k for k in sys.modules if k == stubs.PACK or k.startswith(stubs.PACK + ".")]:
             del sys.modules[k]
 
 
 def test_cli(capsys):
-    assert cli_main(["estimate", str(ROOT / "workflows" / "wan22_t2v_a14b.json"), "--gpu", "NVIDIA GeForce RTX 4090"]) == 0
+    wf = str(ROOT / "workflows" / "wan22_t2v_a14b.json")
+    assert cli_main(["estimate", wf, "--gpu", "NVIDIA GeForce RTX 4090", "--rank"]) == 0
     out = capsys.readouterr().out
-    assert "RTX 4090" in out and "DOES NOT FIT" in out and "Which GPU" in out and "stream" in out
+    assert "RTX 4090" in out and "fits" in out and "Which GPU" in out and "stream" in out   # the auto plan
+    assert cli_main(["estimate", wf, "--gpu", "rtx4090", "--offload", "none"]) == 0
+    assert "DOES NOT FIT" in capsys.readouterr().out
     assert cli_main(["estimate", "--variant", "ti2v_5b", "--width", "1280", "--height", "704", "--frames", "121",
-                     "--gpu", "h100_sxm", "--price", "2.0", "--json", "--no-rank"]) == 0
+                     "--gpu", "h100_sxm", "--price", "2.0", "--json", "--fp8-compute", "--compile",
+                     "--weight-dtype", "fp8_e4m3fn", "--step-cache", "first_block"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["estimate"]["fits"] and d["estimate"]["price_per_hour"]["on_demand"] == 2.0
+    assert d["fits"] and d["price_per_hour"] == 2.0
+    assert d["plan_fields"]["fp8_compute"] and d["plan_fields"]["compile"] and d["plan_fields"]["step_cache"] == "first_block"
     assert cli_main(["gpus"]) == 0
     assert "MI300X" in capsys.readouterr().out
     assert cli_main(["estimate", "--steps", "100000"]) == 2

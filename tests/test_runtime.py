@@ -113,7 +113,7 @@ def test_attention_names():
     assert resolve_attention("sdpa", cpu) == "native"
     with pytest.raises(WanMeterError, match="needs an NVIDIA GPU"):
         resolve_attention("sdpa_cudnn", cpu)
-    with pytest.raises(WanMeterError, match="Unknown attention"):
+    with pytest.raises(WanMeterError, match="not a known kernel"):
         resolve_attention("xformers2", cpu)
     with pytest.raises(WanMeterError, match="needs an NVIDIA GPU"):
         resolve_attention("8bit", cpu)

@@ -274,9 +274,10 @@ def test_bundle_validation(a14b_t2v, ti2v):
         WanModelBundle("t2v_a14b", (ti2v, None))
     with pytest.raises(WanMeterError, match="high_noise, low_noise"):
         WanModelBundle("t2v_a14b", (a14b_t2v[0],))
-    with pytest.raises(WanMeterError, match="wanmeter.s2v"):
-        WanModelBundle("s2v_14b", (a14b_t2v[0],))
     pos, neg = embeds()
+    # an S2V bundle is placed like the others (offload, streaming, attention) but sampled by wanmeter.s2v
+    with pytest.raises(WanMeterError, match="S2V Sampler"):
+        sample(WanModelBundle("s2v_14b", (a14b_t2v[0],)), pos, neg, SampleRequest(W, H, FRAMES, steps=1))
     b = WanModelBundle("t2v_a14b", (None, a14b_t2v[1]))
     with pytest.raises(WanMeterError, match="high-noise expert"):
         sample(b, pos, neg, SampleRequest(W, H, FRAMES, steps=2))

@@ -183,7 +183,7 @@ class Builder:
 
 LOADER_SPEED_OFF = {"fp8_compute": False, "compile": False}
 SAMPLER_SPEED_OFF = {"step_cache": "none", "cache_threshold": 0.0, "num_gpus": 1}
-ESTIMATOR = {"gpu": "auto", "price_per_hour": 0.0, "videos_per_month": 100, "budget_gb": 0.0}
+ESTIMATOR = {"gpu": "auto", "price_per_hour": 0.0, "videos_per_month": 100, "budget_gib": 0.0}
 
 
 def build(pack, key: str) -> dict[str, Any]:
@@ -474,26 +474,19 @@ def thumbnail(key: str, wf: dict[str, Any], dest: Path) -> None:
 
 
 def estimate_lines(wf: dict[str, Any]) -> list[str]:
-    """Per-GPU estimate lines from the estimator (none if it is not available yet)."""
+    """Per-GPU estimate lines from the one estimator (wanmeter.estimator.reply.estimate_graph, as the node)."""
     try:
-        pack = sys.modules["wanmeter_pack"]
-        ea = pack.nodes.estimate_adapter
-        prompt = {str(n["id"]): {"class_type": n["type"], "inputs": dict(zip(
-            node_layout(pack.NODE_CLASS_MAPPINGS[n["type"]])[1], n["widgets_values"]))}
-            for n in wf["nodes"] if n["type"] in pack.NODE_CLASS_MAPPINGS}
-        s = ea.settings_from_prompt(prompt)
-        from wanmeter.variants import variant as facts  # noqa: F401
+        from wanmeter.estimator.reply import estimate_graph
 
-        s["variant"] = pack.nodes.routes.guess_variant_from_name(s["model"])
         out = []
-        unit = "clip" if s["variant"] == "s2v_14b" else "video"
         for gpu in ("H100 SXM", "RTX 4090"):
-            body = ea.run_estimate({**s, "gpu": gpu, "offload": "auto"}, None)
+            body = estimate_graph(wf, overrides={"gpu": gpu})
+            unit = "clip" if body["variant"] == "s2v_14b" else "video"
             fit = "" if body["fits"] else " (does not fit)"
             out.append(f"{gpu}: {body['seconds_per_video'] / 60:.0f} min, ${body['cost_per_video']:.2f}/{unit}, "
                        f"{body['peak_vram_gib']:.0f} GiB{fit}")
         return out
-    except Exception as e:  # the estimator is written separately; the card works without it
+    except Exception as e:  # the card still works without an estimate line
         print(f"  (no estimate on the thumbnail: {type(e).__name__}: {e})")
         return ["(estimate shown live in ComfyUI)"]
 

@@ -53,8 +53,9 @@ def _runtime(args: argparse.Namespace):
 
 
 def _add_runtime_args(p: argparse.ArgumentParser, device: str) -> None:
-    from .runtime import ATTENTION_CHOICES, OFFLOAD_MODES
+    from .attention_kernels import kernels   # not .runtime: building the parser must not import torch
 
+    ATTENTION_CHOICES, OFFLOAD_MODES = list(kernels()), ["none", "model", "blocks"]
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default=device, help=f"auto | cpu | cuda (default {device})")
     g.add_argument("--offload", default="none", choices=OFFLOAD_MODES)
@@ -64,7 +65,9 @@ def _add_runtime_args(p: argparse.ArgumentParser, device: str) -> None:
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    from .sampler import SCHEDULERS
+    from . import schema   # the node's scheduler choices; not .sampler: building the parser must not import torch
+
+    SCHEDULERS = schema.widget("WanMeterSampler", "scheduler")["choices"]
 
     g = p.add_argument_group("sampling")
     g.add_argument("--width", type=int)

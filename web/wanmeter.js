@@ -5,11 +5,11 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { ComfyWidgets } from "../../scripts/widgets.js";
 import {
-  ESTIMATOR_TYPE, LOADER_TYPE, DEBOUNCE_MS, debounce, fitWarning, formatEstimate, formatMeasured,
-  graphToSettings, isRelevantType, isSamplerType, settingsKey,
+  ESTIMATOR_TYPE, LOADER_TYPE, DEBOUNCE_MS, debounce, estimateRequest, fitWarning, formatEstimate, formatMeasured,
+  graphKey, isSamplerType,
 } from "./estimate_logic.js";
 
-const state = { lastKey: "", lastReply: null, measured: null, inFlight: 0, version: -1 };
+const state = { lastKey: "", lastReply: null, measured: null, inFlight: 0, version: -1, samplerId: null };
 
 function nodesOf(graph) {
   return (graph && (graph._nodes || graph.nodes)) || [];
@@ -20,22 +20,6 @@ function linkOf(graph, id) {
   const links = graph.links || graph._links;
   if (!links) return null;
   return typeof links.get === "function" ? links.get(id) : links[id];
-}
-
-/** app.graph -> the plain description graphToSettings takes. */
-function describeGraph(graph) {
-  return {
-    nodes: nodesOf(graph).map((n) => {
-      const widgets = {};
-      for (const w of n.widgets || []) if (w && w.name && w.serialize !== false) widgets[w.name] = w.value;
-      const inputs = {};
-      for (const inp of n.inputs || []) {
-        const l = linkOf(graph, inp.link);
-        inputs[inp.name] = l ? l.origin_id : null;
-      }
-      return { id: n.id, type: n.comfyClass || n.type, mode: n.mode, widgets, inputs };
-    }),
-  };
 }
 
 function textWidget(node, name) {
@@ -70,16 +54,13 @@ function render() {
 async function refresh(force = false) {
   const graph = app.graph;
   if (!graph) return;
-  const hasEstimator = nodesOf(graph).some((n) => (n.comfyClass || n.type) === ESTIMATOR_TYPE);
-  const settings = graphToSettings(describeGraph(graph));
-  if (!settings) {
-    if (hasEstimator) {
-      state.lastReply = { error: "Add a WanMeter Model Loader to the graph to get an estimate." };
-      render();
-    }
-    return;
-  }
-  const key = settingsKey(settings);
+  const wanted = nodesOf(graph).some((n) => {
+    const t = n.comfyClass || n.type;
+    return t === ESTIMATOR_TYPE || isSamplerType(t);
+  });
+  if (!wanted) return;
+  const serialized = graph.serialize();
+  const key = graphKey(serialized, state.samplerId);
   if (!force && key === state.lastKey) return;
   state.lastKey = key;
   const ticket = ++state.inFlight;
@@ -88,7 +69,7 @@ async function refresh(force = false) {
     const res = await api.fetchApi("/wanmeter/estimate", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(settings),
+      body: JSON.stringify(estimateRequest(serialized, state.samplerId)),
     });
     reply = await res.json();
     if (!res.ok && !reply.error) reply = { error: `HTTP ${res.status}` };
@@ -104,18 +85,21 @@ const schedule = debounce(() => refresh(false), DEBOUNCE_MS);
 
 function watchNode(node) {
   const type = node.comfyClass || node.type;
-  if (!isRelevantType(type)) return;
+  const touched = () => {
+    if (isSamplerType(type)) state.samplerId = node.id; // estimate the chain the user is editing
+    schedule();
+  };
   const orig = node.onWidgetChanged;
   node.onWidgetChanged = function (...args) {
     const r = orig ? orig.apply(this, args) : undefined;
-    schedule();
+    touched();
     return r;
   };
   for (const w of node.widgets || []) {
     const cb = w.callback;
     w.callback = function (...args) {
       const r = cb ? cb.apply(this, args) : undefined;
-      schedule();
+      touched();
       return r;
     };
   }

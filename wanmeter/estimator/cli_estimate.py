@@ -9,14 +9,11 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import WanMeterError
-from .estimate import Estimate, Prices, estimate
-from .fixes import rank_gpus, suggest_fixes
-from .gpus import get_gpu, load_gpus
-from .settings import validate_settings, workload_from_settings, workload_from_ui_workflow
+from .gpus import load_gpus
 
-FLAG_KEYS = ("variant", "width", "height", "frames", "steps", "weight_dtype", "compute", "offload", "blocks_to_stream",
-             "attention", "text_encoder_device", "text_encoder_dtype", "vae_dtype", "num_gpus", "loras", "lora_rank",
-             "s2v_clips", "batch", "shift", "budget_gb", "ram_gb", "videos_per_month")
+# --price stays as the short spelling of --price-per-hour
+SHORT = {"price_per_hour": "--price"}
+TYPES = {"int": int, "float": float, "str": str}
 
 
 def _fmt_s(s: float) -> str:
@@ -31,56 +28,70 @@ def _fmt_money(x: float | None) -> str:
     return "n/a" if x is None else (f"${x:.4f}" if x < 0.1 else f"${x:,.2f}")
 
 
-def format_estimate(e: Estimate) -> str:
-    """Short human summary of one estimate."""
-    w = e.workload
-    lines = [f"{w.facts['label']} {w.width}x{w.height} {w.frames}f {w.steps} steps on {e.gpu.name}"
-             f"{f' x{e.plan.num_gpus}' if e.plan.num_gpus > 1 else ''} ({e.plan.describe()})"]
-    fit = "fits" if e.fits else "DOES NOT FIT"
-    lines.append(f"  VRAM  {e.vram_peak_gib:.1f} GiB peak ({e.vram_peak_phase}) of {e.vram_limit_gib:.1f}: {fit}")
-    lines.append("        " + ", ".join(f"{k} {v:.1f}" for k, v in e.vram_breakdown.items() if v >= 0.05))
-    lines.append(f"  RAM   {e.ram_gib:.1f} GiB: " + ", ".join(f"{k} {v:.1f}" for k, v in e.ram_breakdown.items()))
-    parts = e.denoise_parts
-    lines.append(f"  time  {_fmt_s(e.per_video_s)} per video = text {e.text_encode_s:.1f} s + moves {e.transfers_s:.1f} s"
-                 f" + denoise {_fmt_s(e.denoise_s)} + decode {e.decode_s:.1f} s  (cold load +{_fmt_s(e.load_cold_s)})")
-    lines.append("        denoise: " + ", ".join(f"{k} {v:.0f} s" for k, v in parts.items() if v >= 0.5)
-                 + f"; {e.forwards} forwards, {e.flops_total / 1e15:.0f} PFLOP, floor {_fmt_s(e.flop_floor_s)}")
-    m = e.monthly()
-    lines.append(f"  cost  {_fmt_money(e.cost_per_video)} per video at {_fmt_money(e.prices.on_demand)}/h; "
-                 f"{e.videos_per_month} videos/month: on-demand {_fmt_money(m['on_demand'])}, spot {_fmt_money(m['spot'])}, "
-                 f"reserved {_fmt_money(m['reserved'])}")
-    for n in e.notes:
+def format_reply(r: dict) -> str:
+    """The reply every surface gets (wanmeter.estimator.reply), as text."""
+    g = r["gpu"]
+    lines = [f"{r['label']} {r['width']}x{r['height']} {r['frames']}f {r['steps']} steps on {g['name']}"
+             f" ({'measured' if g.get('measured') else 'assumed from specs'} efficiencies)",
+             f"  plan  {r['plan']}"]
+    fit = "fits" if r["fits"] else "DOES NOT FIT"
+    lines.append(f"  VRAM  {r['peak_vram_gib']:.1f} GiB peak of {r['budget_gib']:.1f} GiB: {fit}")
+    lines.append(f"  RAM   {r['ram_gib']:.1f} GiB")
+    t = r["time_parts"]
+    lines.append(f"  time  {_fmt_s(r['seconds_per_video'])} per video = text {t['text']:.1f} s + moves "
+                 f"{t['transfers']:.1f} s + denoise {_fmt_s(t['denoise'])} + decode {t['decode']:.1f} s  "
+                 f"(cold load +{_fmt_s(t['load'])}); {r['seconds_per_step']:.2f} s/step")
+    lines.append(f"  cost  {_fmt_money(r['cost_per_video'])} per video at {_fmt_money(r['price_per_hour'])}/h; "
+                 f"{r['videos_per_month']} videos/month: {_fmt_money(r['cost_per_month'])}")
+    if r.get("suggestion"):
+        lines.append(f"  fix   {r['suggestion']}")
+    for c in r.get("cheapest") or []:
+        lines.append(f"  cheapest: {c['name']}: {_fmt_money(c['cost_per_video'])}/video, {_fmt_s(c['seconds_per_video'])}"
+                     f" ({'; '.join(c['changes'])})")
+    for n in r.get("notes") or []:
         lines.append(f"  note: {n}")
+    for p in r.get("pipelines") or []:
+        lines.append(f"  chain {p.get('sampler_id')}: " + (p["error"] if "error" in p else
+                     f"{p['label']}: {_fmt_s(p['seconds_per_video'])}, {_fmt_money(p['cost_per_video'])}, "
+                     f"{p['peak_vram_gib']:.1f} GiB, {'fits' if p['fits'] else 'does not fit'}"))
     return "\n".join(lines)
 
 
-def format_ranking(ranked) -> str:
-    rows = [f"{'#':>2}  {'GPU':<14} {'$/video':>9} {'time':>9} {'VRAM GiB':>9}  plan changes"]
+def format_ranking(ranked: list[dict]) -> str:
+    rows = [f"{'#':>2}  {'GPU':<14} {'$/video':>9} {'time':>9} {'VRAM GiB':>9}  plan"]
     for i, r in enumerate(ranked, 1):
-        e = r.estimate
-        change = "; ".join(r.changes) if r.changes else ("-" if r.fits else "does not fit")
-        rows.append(f"{i:>2}  {r.gpu.name:<14} {_fmt_money(r.cost_per_video):>9} {_fmt_s(e.per_video_s):>9} "
-                    f"{e.vram_peak_gib:>9.1f}  {change}")
+        plan = r["plan"] if r["fits"] else "does not fit"
+        rows.append(f"{i:>2}  {r['name']:<14} {_fmt_money(r['cost_per_video']):>9} {_fmt_s(r['seconds_per_video']):>9} "
+                    f"{r['peak_vram_gib']:>9.1f}  {plan}")
     return "\n".join(rows)
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    """Register `estimate` and `gpus` on the main CLI's subparsers."""
+    """Register `estimate` and `gpus` on the main CLI's subparsers. One flag per setting of the
+    settings schema (data/node_schema.json): the same names, defaults and choices as the nodes."""
+    from .settings import choices_of, setting_specs
+
     p = subparsers.add_parser("estimate", help="VRAM / time / cost of a run, and the GPU ranking",
-                              description="Estimate peak VRAM, RAM, time and cost for a workflow JSON or flags.")
-    p.add_argument("workflow", nargs="?", help="UI-format workflow JSON using WanMeter nodes")
-    p.add_argument("--gpu", help="GPU key or name (see `gpus`); default: the workflow's, else H100 SXM")
-    p.add_argument("--price", type=float, help="your on-demand $/GPU-hour")
+                              description="Estimate peak VRAM, RAM, time and cost of a workflow JSON or of flags: "
+                                          "the same estimate (and the same auto plan) the estimator node shows.")
+    p.add_argument("workflow", nargs="?", help="workflow JSON (UI format or API prompt) using WanMeter nodes")
+    p.add_argument("--sampler", help="node id of the sampler chain to estimate (default: the first)")
     p.add_argument("--gpus", dest="gpus_file", help="extra GPU table JSON (also env WANMETER_GPUS)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--no-rank", action="store_true", help="skip the GPU ranking table")
+    p.add_argument("--json", action="store_true", help="machine-readable output (the route's reply)")
+    p.add_argument("--rank", action="store_true", help="also rank every GPU of the table by cost per video")
+    p.add_argument("--no-rank", action="store_true", help=argparse.SUPPRESS)  # old spelling; ranking is opt-in now
     p.add_argument("--cfg", type=float, nargs="+", help="guidance per expert (1 = off)")
-    p.add_argument("--vae-tiled", action="store_true")
-    for k in FLAG_KEYS:
-        typ = float if k in ("shift", "budget_gb", "ram_gb") else int if k in (
-            "width", "height", "frames", "steps", "blocks_to_stream", "num_gpus", "loras", "lora_rank", "s2v_clips",
-            "batch", "videos_per_month") else str
-        p.add_argument("--" + k.replace("_", "-"), dest=k, type=typ)
+    for key, spec in setting_specs().items():
+        flag = SHORT.get(key, "--" + key.replace("_", "-"))
+        unit = f" [{spec['unit']}]" if spec.get("unit") else ""
+        default = spec.get("default")
+        help_ = f"{spec.get('help', key)}{unit} (default: {'official' if default is None else default})"
+        if spec["type"] == "bool":
+            p.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=help_)
+            continue
+        ch = choices_of(key)
+        kw = {"choices": list(ch)} if ch is not None and len(ch) < 40 else {}
+        p.add_argument(flag, dest=key, type=TYPES[spec["type"]], default=None, help=help_, **kw)
     p.set_defaults(func=run_estimate)
     g = subparsers.add_parser("gpus", help="list the GPU table (specs and prices)")
     g.add_argument("--gpus", dest="gpus_file", help="extra GPU table JSON (also env WANMETER_GPUS)")
@@ -88,54 +99,57 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     g.set_defaults(func=run_gpus)
 
 
+def _by_name(settings: dict) -> str | None:
+    """CLI: no model folders, so variant and precision come from the file names (or --variant)."""
+    from .reply import source_from_name
+
+    settings.setdefault("source", source_from_name(settings.get("model")))
+    return None
+
+
 def run_estimate(args: argparse.Namespace) -> int:
+    from .reply import estimate_graph, estimate_reply
+    from .settings import setting_specs
+
     gpus = load_gpus(args.gpus_file)
+    flags = {k: getattr(args, k) for k in setting_specs() if getattr(args, k, None) is not None}
+    if args.cfg:
+        flags["cfg"] = list(args.cfg)
     if args.workflow:
         try:
             wf = json.loads(Path(args.workflow).read_text(encoding="utf-8"))
         except OSError as e:
             raise WanMeterError(f"Cannot read {args.workflow}: {e.strerror}.") from None
-        except json.JSONDecodeError as e:
-            raise WanMeterError(f"{args.workflow} is not valid JSON ({e}).") from None
-        _, _, settings = workload_from_ui_workflow(wf, variant=args.variant)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise WanMeterError(f"{args.workflow} is not valid JSON ({str(e)[:80]}).") from None
+        reply = estimate_graph(wf, overrides=flags, sampler_id=args.sampler, resolve=_by_name, gpus=gpus)
     else:
-        settings = {}
-    for k in FLAG_KEYS:
-        v = getattr(args, k)
-        if v is not None:
-            settings[k] = v
-    if args.cfg:
-        settings["cfg"] = list(args.cfg)
-    if args.vae_tiled:
-        settings["vae_tiled"] = True
-    if args.price is not None:
-        settings["price_per_hour"] = args.price
-    settings = validate_settings(settings, gpus)
-    w, plan = workload_from_settings(settings)
-    gpu_key = args.gpu or (settings.get("gpu") if settings.get("gpu") not in (None, "", "auto") else "h100_sxm")
-    gpu = get_gpu(gpu_key, gpus)
-    prices = Prices(on_demand=args.price) if args.price is not None else None
-    vpm = int(settings.get("videos_per_month") or 1000)
-    e = estimate(w, plan, gpu, prices, videos_per_month=vpm)
-    fixes = [] if e.fits else suggest_fixes(w, plan, gpu, prices, videos_per_month=vpm)
-    ranked = [] if args.no_rank else rank_gpus(w, plan, gpus=gpus, prices={gpu.key: prices} if prices else None,
-                                                videos_per_month=vpm)
+        if not flags.get("variant") and not flags.get("model"):
+            flags["variant"] = "t2v_a14b"
+        _by_name(flags)
+        reply = estimate_reply(flags, gpus=gpus)
+    ranking = []
+    if args.rank:
+        base = dict(flags)
+        if args.workflow:
+            from .reply import workload_from_ui_workflow
+
+            _, _, base = workload_from_ui_workflow(wf, variant=flags.get("variant"), sampler_id=args.sampler)
+            base.update(flags)
+            _by_name(base)
+        for key in gpus:
+            r = estimate_reply({**base, "gpu": key}, gpus=gpus, rank=False)
+            ranking.append({"gpu": key, "name": r["gpu"]["name"], "fits": r["fits"], "plan": r["plan"],
+                            "cost_per_video": r["cost_per_video"], "seconds_per_video": r["seconds_per_video"],
+                            "peak_vram_gib": r["peak_vram_gib"]})
+        ranking.sort(key=lambda x: (not x["fits"], x["cost_per_video"] is None, x["cost_per_video"] or 0.0))
     if args.json:
-        out = {"estimate": e.to_dict(),
-               "fixes": [{"changes": f.changes, "estimate": f.estimate.to_dict()} for f in fixes],
-               "ranking": [{"gpu": r.gpu.key, "fits": r.fits, "changes": r.changes, "cost_per_video": r.cost_per_video,
-                            "seconds_per_video": round(r.estimate.per_video_s, 1),
-                            "vram_peak_gib": round(r.estimate.vram_peak_gib, 2)} for r in ranked]}
-        print(json.dumps(out, indent=1))
+        print(json.dumps({**reply, "ranking": ranking} if args.rank else reply, indent=1))
         return 0
-    print(format_estimate(e))
-    if fixes:
-        print("\nTo make it fit (fastest first):")
-        for f in fixes:
-            print(f"  - {', '.join(f.changes)}: {f.estimate.vram_peak_gib:.1f} GiB, {_fmt_s(f.estimate.per_video_s)}")
-    if ranked:
-        print("\nWhich GPU (by cost per video; plan changed where needed to fit):")
-        print(format_ranking(ranked))
+    print(format_reply(reply))
+    if ranking:
+        print("\nWhich GPU (by cost per video; the auto plan on each):")
+        print(format_ranking(ranking))
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Callable
 
 from .calibration import Calibration, load_calibration
 from .estimate import Estimate, Prices, estimate
@@ -26,22 +27,38 @@ class Fix:
         return self.estimate.plan
 
 
-def _smallest_blocks(w: Workload, plan: Plan, gpu: GpuSpec, cal: Calibration, **kw) -> Estimate | None:
-    """Stream the fewest blocks that fit (fit is monotone in N: binary search)."""
+def smallest_blocks(w: Workload, plan: Plan, gpu: GpuSpec, cal: Calibration, *,
+                    fits: Callable[[Estimate], bool] | None = None, count: list[int] | None = None,
+                    **kw) -> tuple[Estimate, bool]:
+    """Stream the fewest blocks that fit: (that estimate, True), or (all blocks streamed, False).
+
+    VRAM need falls and pinned RAM rises with N, so a binary search over N on VRAM fit finds the
+    smallest N that fits VRAM, which is also the one with the least RAM among those. `fits` is
+    the final test (e.g. VRAM and RAM); `count` counts the estimates made. The one block search:
+    the planner (wanmeter.memplan) and the fixes below both call it.
+    """
     from .flops import DiTShape
 
+    fits = fits or (lambda e: e.fits)
     layers = DiTShape.of_variant(w.variant).num_layers
-    top = estimate(w, plan.with_(offload="blocks", blocks_to_stream=layers), gpu, cal=cal, **kw)
+
+    def est(n: int) -> Estimate:
+        if count is not None:
+            count[0] += 1
+        return estimate(w, plan.with_(offload="blocks", blocks_to_stream=n), gpu, cal=cal, **kw)
+
+    top = est(layers)
     if not top.fits:
-        return None
+        return top, False
     lo, hi = 1, layers
     while lo < hi:
         mid = (lo + hi) // 2
-        if estimate(w, plan.with_(offload="blocks", blocks_to_stream=mid), gpu, cal=cal, **kw).fits:
+        if est(mid).fits:
             hi = mid
         else:
             lo = mid + 1
-    return estimate(w, plan.with_(offload="blocks", blocks_to_stream=lo), gpu, cal=cal, **kw)
+    e = est(lo)
+    return e, fits(e)
 
 
 def lower_resolution(w: Workload) -> Workload | None:
@@ -77,8 +94,8 @@ def _candidates(w: Workload, plan: Plan, gpu: GpuSpec, cal: Calibration, **kw) -
             p = p.with_(offload="model", blocks_to_stream=0)
             changes.append("offload: model")
         elif off == "blocks":
-            e = _smallest_blocks(w, p, gpu, cal, **kw)
-            if e is None:
+            e, ok = smallest_blocks(w, p, gpu, cal, **kw)
+            if not ok:
                 continue
             if (e.plan.offload, e.plan.blocks_to_stream) != (plan.offload, plan.blocks_to_stream):
                 changes.append(f"stream {e.plan.blocks_to_stream} blocks")

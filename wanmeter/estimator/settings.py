@@ -1,143 +1,190 @@
-"""Flat settings (what the web extension and the HTTP route send) and UI workflows -> Workload, Plan.
+"""Settings -> (Workload, Plan): the one reader behind every surface (node, route, web, CLI, fleet).
 
-The browser sends a small JSON of widget values; everything in it is untrusted, so
-validate_settings() checks size, types, ranges and names before anything else looks at it.
+The settings vocabulary (names, types, units, ranges, defaults) is declared once in
+data/node_schema.json ("settings"); our nodes' widgets point at it. Three kinds of input reach
+here: a flat settings dict (CLI flags, API users), a UI-format workflow and an API-format prompt
+(the browser sends the graph; a queued estimator node has the prompt). All of it is untrusted, so
+validate_settings() checks types, ranges and names before anything else looks at it.
+Pure Python: no torch.
 """
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
+from .. import schema
+from ..attention_kernels import all_names as attention_names
 from ..errors import WanMeterError
-from ..variants import variant_names
+from ..variants import variant, variant_names
 from .gpus import GpuSpec, get_gpu, load_gpus
-from .workload import (ATTENTION, ATTENTION_ALIASES, LIMITS, OFFLOAD, PARALLEL_SCHEMES, STEP_CACHES, WEIGHT_DTYPES, Plan,
-                       Workload)
+from .workload import WEIGHT_DTYPES, Plan, Workload
 
 MAX_PAYLOAD_BYTES = 64 * 1024
-GIB_PER_GB = 1e9 / 1024 ** 3
 AUTO = ("auto", "", None)
-
-# Node-pack attention names -> estimator names.
-NODE_ATTENTION = {"sdpa_flash": "flash", "sdpa_cudnn": "cudnn", "flash": "flash", "8bit": "8bit"}
-
-# name: (kind, low, high). Unknown keys are ignored (the browser sends model names and more).
-NUMBERS: dict[str, tuple[type, float, float]] = {
-    "width": (int, 64, 4096), "height": (int, 64, 4096), "frames": (int, 1, 1025), "steps": (int, 1, 1000),
-    "batch": (int, 1, 64), "batch_size": (int, 1, 64), "blocks_to_stream": (int, 0, 100), "loras": (int, 0, 32),
-    "lora_rank": (int, 1, 1024), "s2v_clips": (int, 1, 100), "num_gpus": (int, 1, 64),
-    "videos_per_month": (int, 0, 10_000_000), "high_noise_steps": (int, 0, 1000),
-    "cfg_high": (float, 0, 100), "cfg_low": (float, 0, 100), "shift": (float, 0, 100), "boundary": (float, 0, 1),
-    "price_per_hour": (float, 0, 1000), "spot_per_hour": (float, 0, 1000), "reserved_per_hour": (float, 0, 1000),
-    "budget_gb": (float, 0, 4096), "ram_gb": (float, 0, 65536),
-    "cache_threshold": (float, 0, 10), "cache_skip_fraction": (float, 0, 0.95),
-}
-CHOICES: dict[str, tuple] = {
-    "variant": tuple(variant_names()),
-    "weight_dtype": WEIGHT_DTYPES,
-    "compute": ("bf16", "fp16", "fp8"), "compute_dtype": ("bf16", "fp16", "fp8"),
-    "offload": OFFLOAD + ("auto",),
-    "attention": ATTENTION + tuple(ATTENTION_ALIASES) + tuple(NODE_ATTENTION),
-    "text_encoder_device": ("gpu", "cpu"), "text_encoder_dtype": ("bf16", "fp16", "fp32", "fp8_e4m3fn"),
-    "vae_dtype": ("bf16", "fp16", "fp32"), "lora_mode": ("merged", "unmerged"),
-    "step_cache": STEP_CACHES, "parallel_scheme": PARALLEL_SCHEMES,
-}
-BOOLS = ("vae_tiled", "text_encoder_unload", "fp8_compute", "compile", "shard_weights")
+# Old names still accepted from saved API prompts and scripts: old name -> current key.
+ALIASES = {"budget_gb": "budget_gib", "batch_size": "batch", "ram_gb": "ram_gib", "compute": "compute_dtype",
+           "cfg": "cfg"}
 NAME_KEYS = ("model", "model_low_noise", "text_encoder", "vae", "audio_encoder")
+# Keys the engine takes beyond the declared settings (not user widgets).
+EXTRA = {"cfg", "lora_mode", "text_encoder_unload", "fused_rotary"}
+# Pass-through facts about the graph (not user settings): reported, never used as numbers.
+PASS = ("sampler_id", "sampler_type", "source", "runtime")
+
+
+def setting_specs() -> dict[str, dict[str, Any]]:
+    """key -> {type, unit, min/max or choices, default, help} (data/node_schema.json "settings")."""
+    return schema.settings()
+
+
+def choices_of(key: str) -> tuple[Any, ...] | None:
+    spec = setting_specs()[key]
+    if "choices" in spec:
+        return tuple(spec["choices"])
+    src = spec.get("choices_from")
+    if src == "variants":
+        return tuple(variant_names())
+    if src == "weight_dtypes":
+        return WEIGHT_DTYPES
+    if src == "attention":
+        return tuple(attention_names())
+    return None  # gpus: checked against the table (names and keys)
+
+
+def defaults() -> dict[str, Any]:
+    """The default of every setting (None = the variant's official value)."""
+    return {k: v.get("default") for k, v in setting_specs().items()}
 
 
 def check_model_name(key: str, name: Any) -> None:
-    """A model file name from the browser must be a bare name inside ComfyUI's model folders."""
-    if not isinstance(name, str):
+    """A model file name from the browser names a file inside ComfyUI's model folders: subfolders
+    as ComfyUI lists them ('wan/x.safetensors') are fine; absolute paths, '..', drive letters and
+    NUL bytes are not (the route also resolves and checks containment before opening anything)."""
+    if not isinstance(name, str) or not name:
         raise WanMeterError(f"{key} must be a file name (text), got {type(name).__name__}.")
-    if "/" in name or "\\" in name or ".." in name or "\x00" in name or len(name) > 255:
-        raise WanMeterError(f"{key}={name!r} is not a plain file name: pick the model from the list "
-                            "(no folders, no '..').")
+    norm = name.replace("\\", "/")
+    parts = norm.split("/")
+    if (len(name) > 512 or norm.startswith("/") or ".." in parts or ":" in name or "\x00" in name
+            or any(p in ("", ".") for p in parts)):
+        raise WanMeterError(f"{key}={name!r} is not a file inside the model folders: pick the model from the list "
+                            "(no absolute paths, no '..').")
+
+
+def _number(key: str, v: Any, spec: dict[str, Any]) -> int | float:
+    lo, hi = spec["min"], spec["max"]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
+        raise WanMeterError(f"{key} must be a number between {lo:g} and {hi:g}, got {v!r:.40}.")
+    if not lo <= v <= hi:
+        raise WanMeterError(f"{key}={_short(v)} is out of range: use {lo:g}..{hi:g}.")
+    if spec["type"] == "int":
+        if int(v) != v:
+            raise WanMeterError(f"{key} must be a whole number, got {_short(v)}.")
+        return int(v)
+    return float(v)
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 24 else s[:20] + "..."
 
 
 def validate_settings(payload: Any, gpus: dict[str, GpuSpec] | None = None) -> dict[str, Any]:
-    """Checked copy of a settings payload: a JSON object under 64 KiB with known GPU, sane numbers
-    and plain model names. Raises WanMeterError naming the bad field and the fix."""
+    """Checked copy of a settings payload: a JSON object under 64 KiB with known keys' values in
+    range (finite numbers), known choices, plain model names and a GPU from the table. Unknown keys
+    are dropped. Raises WanMeterError naming the bad field and the fix."""
     if isinstance(payload, (bytes, str)):
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise WanMeterError(f"Settings are {len(payload)} bytes; at most {MAX_PAYLOAD_BYTES} are accepted.")
         try:
             payload = json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise WanMeterError(f"Settings are not valid JSON ({e}). Send a JSON object.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
+            raise WanMeterError(f"Settings are not valid JSON ({str(e)[:80]}). Send a JSON object.") from None
     if not isinstance(payload, dict):
         raise WanMeterError(f"Settings must be a JSON object of name: value, got {type(payload).__name__}.")
     try:
         size = len(json.dumps(payload, default=str))
-    except (TypeError, ValueError) as e:
-        raise WanMeterError(f"Settings cannot be serialized ({e}).") from None
+    except (TypeError, ValueError, RecursionError) as e:
+        raise WanMeterError(f"Settings cannot be serialized ({str(e)[:80]}).") from None
     if size > MAX_PAYLOAD_BYTES:
-        raise WanMeterError(f"Settings are {size} bytes; at most {MAX_PAYLOAD_BYTES} are accepted. Send only the widget values.")
-    out = dict(payload)
+        raise WanMeterError(f"Settings are {size} bytes; at most {MAX_PAYLOAD_BYTES} are accepted. Send only the "
+                            "widget values.")
+    specs = setting_specs()
+    out: dict[str, Any] = {}
+    for k, v in payload.items():
+        k = ALIASES.get(k, k)
+        if k in specs or k in EXTRA or k in NAME_KEYS:
+            out[k] = v
+        elif k in PASS and (v is None or (isinstance(v, str) and len(v) <= 100)):
+            out[k] = v
     for k in NAME_KEYS:
-        if k in out and out[k] is not None:
+        if out.get(k) is not None and out[k] != "none":
             check_model_name(k, out[k])
-    for k, (kind, lo, hi) in NUMBERS.items():
-        if k not in out or out[k] is None:
+    for k, spec in specs.items():
+        v = out.get(k)
+        if v is None:
             continue
-        v = out[k]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-            raise WanMeterError(f"{k} must be a number between {lo:g} and {hi:g}, got {v!r}.")
-        if kind is int and int(v) != v:
-            raise WanMeterError(f"{k} must be a whole number, got {v!r}.")
-        if not lo <= v <= hi:
-            raise WanMeterError(f"{k}={v:g} is out of range: use {lo:g}..{hi:g}.")
-        out[k] = kind(v)
-    if "cfg" in out and out["cfg"] is not None:
+        if spec["type"] in ("int", "float"):
+            out[k] = _number(k, v, spec)
+        elif spec["type"] == "bool":
+            if not isinstance(v, bool):
+                raise WanMeterError(f"{k} must be true or false, got {_short(v)}.")
+        elif k in NAME_KEYS:
+            continue
+        else:
+            if not isinstance(v, str):
+                raise WanMeterError(f"{k} must be text, got {_short(v)}.")
+            ch = choices_of(k)
+            if ch is not None and v not in ch:
+                raise WanMeterError(f"{k}={v[:40]!r} is not supported. Use one of: {', '.join(map(str, ch))}.")
+    if out.get("cfg") is not None:
         cfg = out["cfg"] if isinstance(out["cfg"], list) else [out["cfg"]]
-        if not 1 <= len(cfg) <= 2 or any(isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c <= 100 for c in cfg):
-            raise WanMeterError(f"cfg={out['cfg']!r}: give one or two guidance scales between 0 and 100.")
-    for k, choices in CHOICES.items():
-        if k in out and out[k] is not None and out[k] not in choices:
-            raise WanMeterError(f"{k}={out[k]!r} is not supported. Use one of: {', '.join(str(c) for c in choices)}.")
-    for k in BOOLS:
-        if k in out and out[k] is not None and not isinstance(out[k], bool):
-            raise WanMeterError(f"{k} must be true or false, got {out[k]!r}.")
+        if not 1 <= len(cfg) <= 2 or any(isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c <= 100
+                                         for c in cfg):
+            raise WanMeterError(f"cfg={_short(out['cfg'])}: give one or two guidance scales between 0 and 100.")
     gpu = out.get("gpu")
     if gpu not in AUTO:
         if not isinstance(gpu, str) or len(gpu) > 100:
-            raise WanMeterError(f"gpu must be a GPU name from the table, got {gpu!r}.")
+            raise WanMeterError(f"gpu must be a GPU name from the table, got {_short(gpu)}.")
         out["gpu"] = get_gpu(gpu, gpus if gpus is not None else load_gpus()).key
     return out
 
 
-def workload_from_settings(settings: dict[str, Any]) -> tuple[Workload, Plan]:
-    """(Workload, Plan) from validated flat settings. offload "auto" gives offload "none" here;
-    estimate_reply() then picks the fastest plan that fits."""
-    s = settings
-    var = s.get("variant") or "t2v_a14b"
-    from ..variants import variant
+def _or(s: dict[str, Any], key: str, default: Any) -> Any:
+    v = s.get(key)
+    return default if v is None else v
 
+
+def workload_from_settings(settings: dict[str, Any]) -> tuple[Workload, Plan]:
+    """(Workload, Plan) from validated settings; the one mapping. offload 'auto' gives offload 'none'
+    here: the planner (wanmeter.memplan.runtime_plan) decides it, as the runtime does."""
+    s = {**defaults(), **{k: v for k, v in settings.items() if v is not None}}
+    var = s.get("variant") or "t2v_a14b"
     f = variant(var)
-    if s.get("cfg") is not None:
-        cfg = tuple(s["cfg"]) if isinstance(s["cfg"], list) else (s["cfg"],)
+    experts = int(f["experts"])
+    if settings.get("cfg") is not None:
+        cfg = tuple(settings["cfg"]) if isinstance(settings["cfg"], list) else (settings["cfg"],)
     else:
         d = f["default_cfg"]
-        cfg = (float(s.get("cfg_high", d[0])),) if f["experts"] == 1 else \
-              (float(s.get("cfg_high", d[0])), float(s.get("cfg_low", d[-1])))
+        cfg = (float(_or(s, "cfg_high", d[0])),) if experts == 1 else \
+              (float(_or(s, "cfg_high", d[0])), float(_or(s, "cfg_low", d[-1])))
+    clips = int(s.get("s2v_clips") or 0)
     w = Workload(
-        variant=var, width=int(s.get("width") or f["sizes"][0][0]), height=int(s.get("height") or f["sizes"][0][1]),
-        frames=int(s.get("frames") or f["default_frames"]), steps=int(s.get("steps") or f["default_steps"]), cfg=cfg,
-        batch=int(s.get("batch") or s.get("batch_size") or 1), shift=s.get("shift") or None,
+        variant=var, width=s.get("width") or None, height=s.get("height") or None, frames=s.get("frames") or None,
+        steps=s.get("steps") or None, cfg=cfg, batch=int(s.get("batch") or 1), shift=s.get("shift") or None,
         high_noise_steps=s.get("high_noise_steps"), boundary=s.get("boundary") or None,
-        loras=int(s.get("loras") or 0), lora_rank=int(s.get("lora_rank") or 64), s2v_clips=int(s.get("s2v_clips") or 1),
+        loras=int(s.get("loras") or 0), lora_rank=int(s.get("lora_rank") or 64), s2v_clips=max(1, clips),
     )
-    att = s.get("attention") or "sdpa"
-    att = NODE_ATTENTION.get(att, att)
-    offload = s.get("offload") or "none"
+    offload = s.get("offload") or "auto"
     blocks = int(s.get("blocks_to_stream") or 0)
-    budget_gb = s.get("budget_gb") or None
+    if offload == "blocks" and blocks < 1:
+        raise WanMeterError("offload=blocks needs blocks_to_stream >= 1 (WanMeter Model Loader), or use offload=model.")
+    step_cache = s.get("step_cache") or "none"
     plan = Plan(
         weight_dtype=s.get("weight_dtype") or "bf16",
-        compute=s.get("compute") or s.get("compute_dtype") or "bf16",
+        compute="bf16",
         offload="none" if offload == "auto" else offload,
         blocks_to_stream=blocks if offload == "blocks" else 0,
-        attention=att,
+        attention=s.get("attention") or "auto",
         text_encoder_device=s.get("text_encoder_device") or "gpu",
         text_encoder_dtype=s.get("text_encoder_dtype") or "bf16",
         text_encoder_unload=bool(s.get("text_encoder_unload", True)),
@@ -145,97 +192,15 @@ def workload_from_settings(settings: dict[str, Any]) -> tuple[Workload, Plan]:
         vae_dtype=s.get("vae_dtype") or "bf16",
         num_gpus=int(s.get("num_gpus") or 1),
         lora_mode=s.get("lora_mode") or "merged",
-        budget_gib=None if budget_gb is None else float(budget_gb) * GIB_PER_GB,
-        ram_gib=None if not s.get("ram_gb") else float(s["ram_gb"]) * GIB_PER_GB,
+        budget_gib=float(s["budget_gib"]) if s.get("budget_gib") else None,
+        ram_gib=float(s["ram_gib"]) if s.get("ram_gib") else None,
         fp8_compute=bool(s.get("fp8_compute", False)),
         compile=bool(s.get("compile", False)),
-        step_cache=s.get("step_cache") or "none",
+        step_cache=step_cache,
         # cache_threshold only shapes a note: how many steps a threshold skips is not predicted.
-        cache_skip_fraction=float(s.get("cache_skip_fraction") or 0.0) if (s.get("step_cache") or "none") != "none" else 0.0,
+        cache_skip_fraction=float(s.get("cache_skip_fraction") or 0.0) if step_cache != "none" else 0.0,
         parallel_scheme=s.get("parallel_scheme") or "auto",
         shard_weights=bool(s.get("shard_weights", False)),
+        fused_rotary=bool(s.get("fused_rotary", True)),
     )
     return w, plan
-
-
-# ---------------------------------------------------------------- UI-format workflows
-
-# Widget order of our nodes (INPUT_TYPES order, required then optional); tests check it against nodes/.
-WIDGETS: dict[str, tuple[str, ...]] = {
-    "WanMeterModelLoader": ("model", "weight_dtype", "compute_dtype", "offload", "blocks_to_stream", "attention",
-                            "fp8_compute", "compile", "model_low_noise"),
-    "WanMeterTextEncoderLoader": ("text_encoder", "text_encoder_device", "text_encoder_dtype"),
-    "WanMeterVAELoader": ("vae", "vae_tiled", "vae_dtype"),
-    "WanMeterSampler": ("width", "height", "frames", "steps", "cfg_high", "cfg_low", "shift", "seed", "batch_size",
-                        "scheduler", "boundary", "denoise", "step_cache", "cache_threshold", "num_gpus"),
-    "WanMeterVAEDecode": ("tiled",),
-    "WanMeterEstimator": ("gpu", "price_per_hour", "videos_per_month", "budget_gb"),
-    "WanMeterS2VAudio": ("audio_encoder", "audio_scale", "audio_device", "s2v_clips"),
-    "WanMeterS2VSampler": ("width", "height", "steps", "cfg_high", "shift", "seed", "drop_first_motion"),
-}
-SEED_CONTROL = ("fixed", "increment", "decrement", "randomize")
-_IGNORED = {"seed", "scheduler", "denoise", "tiled", "cache_threshold", "audio_encoder", "audio_scale", "audio_device", "drop_first_motion"}
-
-
-def _widget_values(node: dict[str, Any]) -> dict[str, Any]:
-    names = WIDGETS.get(node.get("type", ""), ())
-    vals = node.get("widgets_values")
-    if isinstance(vals, dict):  # some frontends save widgets by name
-        return {k: vals[k] for k in names if k in vals}
-    vals = list(vals or [])
-    out, i = {}, 0
-    for name in names:
-        if i >= len(vals):
-            break
-        out[name] = vals[i]
-        i += 1
-        if name == "seed" and i < len(vals) and vals[i] in SEED_CONTROL:
-            i += 1
-    return out
-
-
-def workload_from_ui_workflow(workflow: dict[str, Any] | str, variant: str | None = None) -> tuple[Workload, Plan, dict[str, Any]]:
-    """(Workload, Plan, settings) from a UI-format workflow using our nodes. The variant comes from
-    the argument, else from the model file name (official/ComfyUI naming)."""
-    if isinstance(workflow, str):
-        try:
-            workflow = json.loads(workflow)
-        except json.JSONDecodeError as e:
-            raise WanMeterError(f"The workflow is not valid JSON ({e}).") from None
-    if not isinstance(workflow, dict) or not isinstance(workflow.get("nodes"), list):
-        raise WanMeterError("Not a UI-format workflow (no 'nodes' list). Save it from ComfyUI with Workflow > Save "
-                            "(API-format prompts are not supported here).")
-    settings: dict[str, Any] = {}
-    found = set()
-    for node in sorted((n for n in workflow["nodes"] if isinstance(n, dict)), key=lambda n: n.get("id", 0)):
-        t = node.get("type", "")
-        if t not in WIDGETS or t in found or node.get("mode") in (2, 4):  # first active node of each type
-            continue
-        found.add(t)
-        for k, v in _widget_values(node).items():
-            if k in _IGNORED:
-                if t == "WanMeterVAEDecode" and v in ("enable", "disable"):
-                    settings["vae_tiled"] = v == "enable"
-                continue
-            settings[k] = v
-    if "WanMeterModelLoader" not in found:
-        raise WanMeterError("The workflow has no WanMeter Model Loader node: nothing to estimate.")
-    if variant is None:
-        variant = _variant_from_name(str(settings.get("model", "")))
-    settings["variant"] = variant
-    for k in ("price_per_hour", "budget_gb", "s2v_clips"):  # 0 = automatic / this GPU's default
-        if settings.get(k) in (0, 0.0):
-            settings.pop(k)
-    for k in ("model", "model_low_noise", "text_encoder", "vae"):
-        settings.pop(k, None) if settings.get(k) == "none" else None
-    settings = validate_settings(settings)
-    w, p = workload_from_settings(settings)
-    return w, p, settings
-
-
-def _variant_from_name(name: str) -> str:
-    n = name.lower()
-    for key, v in (("ti2v", "ti2v_5b"), ("5b", "ti2v_5b"), ("s2v", "s2v_14b"), ("i2v", "i2v_a14b"), ("t2v", "t2v_a14b")):
-        if key in n:
-            return v
-    raise WanMeterError(f"Cannot tell the Wan2.2 variant from the model name {name!r}; pass --variant.")

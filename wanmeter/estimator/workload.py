@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ..attention_kernels import calibration_key, calibration_keys
 from ..errors import WanMeterError
 from ..variants import variant, variant_names
 
@@ -14,10 +15,8 @@ WEIGHT_DTYPES = ("bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2", "int8", "Q8_0
 GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M")
 COMPUTE = ("bf16", "fp16", "fp8")
 OFFLOAD = ("none", "model", "blocks")
-ATTENTION = ("sdpa", "cudnn", "flash", "efficient", "sage", "flash_attn_3", "8bit")
-ATTENTION_ALIASES = {"sageattn": "sage", "sageattention": "sage", "flash_attn_2": "flash", "flash_attn": "flash",
-                     "fa2": "flash", "fa3": "flash_attn_3", "flash_attn3": "flash_attn_3", "auto": "sdpa",
-                     "mem_efficient": "efficient", "xformers": "efficient"}
+# Plan.attention holds a kernel's calibration key; any name or alias of data/attention.json is accepted.
+ATTENTION = calibration_keys()
 TE_DTYPES = ("bf16", "fp16", "fp32", "fp8_e4m3fn")
 VAE_DTYPES = ("bf16", "fp16", "fp32")
 STEP_CACHES = ("none", "first_block", "taylorseer")
@@ -169,8 +168,7 @@ class Plan:
             raise WanMeterError(f"cache_skip_fraction={v} needs a step cache: set step_cache to "
                                 "'first_block' or 'taylorseer', or the fraction to 0.")
         _check_choice("offload", self.offload, OFFLOAD)
-        att = ATTENTION_ALIASES.get(str(self.attention).lower(), str(self.attention).lower())
-        object.__setattr__(self, "attention", _check_choice("attention", att, ATTENTION))
+        object.__setattr__(self, "attention", calibration_key(str(self.attention)))
         _check_choice("text_encoder_device", self.text_encoder_device, ("gpu", "cpu"))
         _check_choice("text_encoder_dtype", self.text_encoder_dtype, TE_DTYPES)
         _check_choice("vae_dtype", self.vae_dtype, VAE_DTYPES)

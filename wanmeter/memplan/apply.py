@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..attention_kernels import runtime_name
 from ..estimator import Plan
 
-# estimator attention names -> runtime (diffusers dispatcher) names; "sdpa" is PyTorch's own choice
-ATTENTION = {"sdpa": "auto", "cudnn": "sdpa_cudnn", "flash": "sdpa_flash", "efficient": "sdpa_efficient",
-             "sage": "sage", "flash_attn_3": "flash", "8bit": "8bit"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ def apply_plan(plan: Plan) -> AppliedPlan:
         dit_weight_dtype=None if plan.is_gguf else plan.weight_dtype,
         offload=plan.offload if streamed or plan.offload != "blocks" else "model",
         blocks_to_stream=streamed,
-        attention=ATTENTION[plan.attention],
+        attention=runtime_name(plan.attention),
         text_encoder_device=plan.text_encoder_device,
         text_encoder_dtype=plan.text_encoder_dtype,
         text_encoder_unload=plan.text_encoder_unload,

@@ -22,12 +22,16 @@ from dataclasses import dataclass, field
 from ..errors import WanMeterError
 from ..estimator import Estimate, GpuSpec, Plan, Workload, estimate, get_gpu
 from ..estimator.calibration import Calibration, load_calibration
-from ..estimator.fixes import lower_resolution
+from ..estimator.fixes import lower_resolution, smallest_blocks
 from ..estimator.flops import DiTShape
 from ..estimator.sizes import GIB
 from ..estimator.workload import GGUF_TYPES
 
 FLOAT_SOURCES = ("bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2")
+# What the planner may change. The graph's own nodes decide the text encoder's device and the VAE
+# tiling, so the runtime (the loader and the sampler) only tunes weights and offload: TUNE_RUNTIME.
+TUNE_ALL = ("weights", "offload", "text_encoder", "vae")
+TUNE_RUNTIME = ("weights", "offload")
 
 
 @dataclass
@@ -87,39 +91,13 @@ def _fits(e: Estimate) -> bool:
     return e.fits and e.ram_fits is not False
 
 
-def _smallest_blocks(w: Workload, p: Plan, gpu: GpuSpec, cal: Calibration, count: list[int]) -> tuple[Estimate, bool]:
-    """The fewest streamed blocks that fit; else the closest estimate and False.
-
-    VRAM need falls and pinned RAM rises with N, so: binary-search the smallest N whose VRAM fits,
-    then that N is also the one with the least RAM among those that fit VRAM.
-    """
-    layers = DiTShape.of_variant(w.variant).num_layers
-
-    def est(n: int) -> Estimate:
-        count[0] += 1
-        return estimate(w, p.with_(offload="blocks", blocks_to_stream=n), gpu, cal=cal)
-
-    top = est(layers)
-    if not top.fits:
-        return top, False
-    lo, hi = 1, layers
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if est(mid).fits:
-            hi = mid
-        else:
-            lo = mid + 1
-    e = est(lo)
-    return e, _fits(e)
-
-
 def _search(w: Workload, base: Plan, weights: list[str], gpu: GpuSpec, cal: Calibration,
-            count: list[int]) -> tuple[list[Estimate], list[Estimate]]:
+            count: list[int], tune: tuple[str, ...] = TUNE_ALL) -> tuple[list[Estimate], list[Estimate]]:
     """(fitting estimates, all estimates tried) over weights x text encoder x decode x offload."""
     fitting: list[Estimate] = []
     tried: list[Estimate] = []
-    tes = [base.text_encoder_device] + (["cpu"] if base.text_encoder_device == "gpu" else [])
-    tiles = [base.vae_tiled] + ([True] if not base.vae_tiled else [])
+    tes = [base.text_encoder_device] + (["cpu"] if base.text_encoder_device == "gpu" and "text_encoder" in tune else [])
+    tiles = [base.vae_tiled] + ([True] if not base.vae_tiled and "vae" in tune else [])
     for wd, te, tiled in itertools.product(weights, tes, tiles):
         p = base.with_(weight_dtype=wd, text_encoder_device=te, vae_tiled=tiled, offload="none", blocks_to_stream=0)
         for off in ("none", "model"):
@@ -128,7 +106,7 @@ def _search(w: Workload, base: Plan, weights: list[str], gpu: GpuSpec, cal: Cali
             tried.append(e)
             if _fits(e):
                 fitting.append(e)
-        e, ok = _smallest_blocks(w, p, gpu, cal, count)
+        e, ok = smallest_blocks(w, p, gpu, cal, fits=_fits, count=count)
         tried.append(e)
         if ok:
             fitting.append(e)
@@ -137,12 +115,14 @@ def _search(w: Workload, base: Plan, weights: list[str], gpu: GpuSpec, cal: Cali
 
 def plan_for(workload: Workload, free_vram_bytes: int | float, free_ram_bytes: int | float | None,
              gpu: GpuSpec | str, *, source: str = "bf16", base: Plan | None = None,
-             cal: Calibration | None = None) -> AutoPlan:
+             cal: Calibration | None = None, tune: tuple[str, ...] = TUNE_ALL) -> AutoPlan:
     """The fastest plan that fits `free_vram_bytes` of VRAM and `free_ram_bytes` of system RAM.
 
     source: the precision of the DiT file(s) the user has (bf16/fp16/fp32/fp8_e4m3fn or a GGUF type
         such as Q4_K_M); it decides which storage formats are possible (see weight_candidates).
     base: the user's other settings (attention, text encoder dtype, LoRAs...), kept as given.
+    tune: what may change ("weights": fp8 storage of a float file, "offload", "text_encoder": to
+        the CPU, "vae": tiled decode); the rest stays as in base.
     Raises WanMeterError before anything is loaded when no plan fits.
     """
     gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
@@ -153,7 +133,8 @@ def plan_for(workload: Workload, free_vram_bytes: int | float, free_ram_bytes: i
     ram = None if free_ram_bytes is None else float(free_ram_bytes) / GIB
     base = (base or Plan()).with_(budget_gib=budget, ram_gib=ram)
     count = [0]
-    fitting, tried = _search(workload, base, weight_candidates(source), gpu, cal, count)
+    weights = weight_candidates(source) if "weights" in tune else [base.weight_dtype]
+    fitting, tried = _search(workload, base, weights, gpu, cal, count, tune)
     if fitting:
         # fastest first; among equal times the order of the search (fewer changes) wins
         order = sorted(range(len(fitting)), key=lambda i: (round(fitting[i].per_video_s, 3), i))

@@ -12,21 +12,11 @@ import importlib.util
 
 import torch
 
+from ..attention_kernels import kernel, kernels
 from ..errors import WanMeterError
 
-ATTENTION_CHOICES = ("auto", "sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sage", "flash", "8bit")
-
-# our name -> diffusers AttentionBackendName value
-_DIFFUSERS_NAME = {
-    "sdpa": "native",
-    "sdpa_flash": "_native_flash",
-    "sdpa_cudnn": "_native_cudnn",
-    "sdpa_efficient": "_native_efficient",
-    "sage": "sage",
-    "flash": "flash",
-}
-
-_CUDA_ONLY = {"sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sage", "flash", "8bit"}
+# every kernel name of the registry (data/attention.json); aliases are accepted too
+ATTENTION_CHOICES = tuple(kernels())
 
 
 def _has_module(name: str) -> bool:
@@ -34,45 +24,37 @@ def _has_module(name: str) -> bool:
 
 
 def resolve_attention(name: str, device: torch.device) -> str:
-    """Our backend name -> the diffusers backend name to use on `device` (raises if unusable)."""
-    if name not in ATTENTION_CHOICES:
-        raise WanMeterError(f"Unknown attention backend {name!r}. Use one of: {', '.join(ATTENTION_CHOICES)}.")
-    if name == "auto":
+    """A kernel name or alias -> the diffusers backend name to use on `device` (raises if unusable).
+    Requirements come from the registry: cuda_only, package, needs_fp8."""
+    k = kernel(name)   # WanMeterError listing the names
+    if k.name == "auto":
         # one policy for the runtime, the estimator and the bench: wanmeter.accel.attention_policy
         from ..accel.attention_policy import best_attention_for
 
-        name = best_attention_for(device)
-        if name == "auto":  # defensive: never recurse
-            return "native"
-        return resolve_attention(name, device)
-    if name in _CUDA_ONLY and device.type != "cuda":
-        raise WanMeterError(
-            f"attention={name!r} needs an NVIDIA GPU; on {device.type} use attention='auto' or 'sdpa'."
-        )
-    if name == "8bit":
+        chosen = best_attention_for(device)
+        return "native" if chosen == "auto" else resolve_attention(chosen, device)
+    if k.cuda_only and device.type != "cuda":
+        raise WanMeterError(f"attention={name!r} needs an NVIDIA GPU; on {device.type} use attention='auto' or 'sdpa'.")
+    if k.needs_fp8:
         from ..accel.lowbit_attention import lowbit_supported
 
         if not lowbit_supported(device):
             raise WanMeterError(
-                "attention='8bit' needs an NVIDIA GPU with fp8 tensor cores (Ada sm89 or Hopper sm90+) and Triton; "
-                "use attention='auto' on this GPU."
-            )
+                f"attention={name!r} needs an NVIDIA GPU with fp8 tensor cores (Ada sm89 or Hopper sm90+) and "
+                "Triton; use attention='auto' on this GPU.")
         return resolve_attention("auto", device)  # the backend for cross-attention and fallbacks
-    if name == "sage" and not _has_module("sageattention"):
-        raise WanMeterError(
-            "attention='sage' needs the sageattention package (>= 2.1.1, built from source: "
-            "https://github.com/thu-ml/SageAttention); install it or use attention='auto'."
-        )
-    if name == "flash":
+    if k.name == "flash":
         if _has_module("flash_attn"):
             return "flash"
         if _has_module("flash_attn_interface"):
             return "_flash_3"
         raise WanMeterError(
             "attention='flash' needs the flash-attn package (pip install flash-attn, >= 2.6.3) or a "
-            "FlashAttention-3 build; install it or use attention='auto' (cuDNN/flash SDPA, no extra package)."
-        )
-    return _DIFFUSERS_NAME[name]
+            "FlashAttention-3 build; install it or use attention='auto' (cuDNN/flash SDPA, no extra package).")
+    if k.package and not _has_module(k.package):
+        raise WanMeterError(f"attention={name!r} needs the {k.package} package ({k.doc}); install it or use "
+                            "attention='auto'.")
+    return k.diffusers or "native"
 
 
 def apply_attention(model: torch.nn.Module, name: str, device: torch.device) -> str:
@@ -90,7 +72,13 @@ def apply_attention(model: torch.nn.Module, name: str, device: torch.device) -> 
     level = dlogging.get_verbosity()
     dlogging.set_verbosity_error()  # silence "attention backends are experimental" on every call
     try:
-        model.set_attention_backend(backend)
+        set_backend = getattr(model, "set_attention_backend", None)
+        if set_backend is not None:
+            set_backend(backend)
+        else:  # a plain nn.Module built from diffusers' attention modules (the S2V transformer)
+            from diffusers.models.modeling_utils import ModelMixin
+
+            ModelMixin.set_attention_backend(model, backend)
     except (RuntimeError, ValueError, ImportError) as e:
         raise WanMeterError(
             f"attention={name!r} (diffusers backend {backend!r}) cannot run here: {e} "
@@ -98,12 +86,22 @@ def apply_attention(model: torch.nn.Module, name: str, device: torch.device) -> 
         ) from e
     finally:
         dlogging.set_verbosity(level)
+    from diffusers import WanTransformer3DModel
+
+    if not isinstance(model, WanTransformer3DModel):
+        # our processors (8-bit kernel, fused rotary) are written for diffusers' Wan DiT; others (the S2V
+        # transformer) keep diffusers' stock processors with the chosen backend
+        if kernel(name).needs_fp8:
+            raise WanMeterError(f"attention={name!r} runs on T2V/I2V/TI2V models only; for this model use "
+                                "attention='auto'.")
+        return backend
     if hasattr(model, "blocks"):
         from ..accel.wan_attention import install_wan_attention, remove_wan_attention
 
         if device.type == "cuda":
-            install_wan_attention(model, "8bit" if name == "8bit" else "fused_rope", device)
-            if name == "8bit":
+            lowbit = kernel(name).needs_fp8
+            install_wan_attention(model, "8bit" if lowbit else "fused_rope", device)
+            if lowbit:
                 return f"8bit+{backend}"
         else:
             remove_wan_attention(model)

@@ -140,14 +140,20 @@ def sample_s2v(
 ) -> S2VResult:
     """Generate the video for `audio` (all its clips, or the first `clips`); returns frames + synced audio.
 
-    model: WanS2VTransformer (or a LoadedDiT holding one). positive/negative: [1, 512, text_dim].
+    model: a WanModelBundle of S2V-14B (placed by its runtime options: offload, streamed blocks,
+    attention), or a bare WanS2VTransformer / LoadedDiT on its device. positive/negative: [1, 512, text_dim].
     ref_image: IMAGE [1, H, W, 3] or [H, W, 3] in 0..1. vae: wanmeter WanVAE (Wan2.1).
     pose_video: IMAGE [N, H, W, 3] or None. callback(step, total, latent) may raise to interrupt.
     """
-    model = getattr(model, "model", model)
+    placement = getattr(model, "placement", None)
+    if placement is not None:   # a WanModelBundle: its placement brings the model to the device
+        model = placement.activate(0)
+        dev, dtype = placement.device, placement.compute_dtype
+    else:
+        model = getattr(model, "model", model)
+        dev = torch.device(device) if device is not None else model.device
+        dtype = model.dtype
     _check(model, audio, ref_image, width, height, steps)
-    dev = torch.device(device) if device is not None else model.device
-    dtype = model.dtype
     n_clips = audio.num_clips if clips <= 0 else min(int(clips), audio.num_clips)
     cf = audio.clip_frames
     lat_motion = (MOTION_FRAMES + 3) // 4
@@ -195,6 +201,10 @@ def sample_s2v(
             if r + 1 < n_clips:
                 motion_lat = _encode(vae, history).to(dev, dtype)
             del v, sch
+    except BaseException:
+        if placement is not None:
+            placement.recover()   # streamed blocks back to CPU memory after an interruption
+        raise
     finally:
         del lat
         gc.collect()

@@ -15,7 +15,6 @@ from ..runtime.options import RuntimeOptions
 from ..runtime.placement import Placement
 from ..variants import vae_family, variant, variant_names
 
-_SAMPLER_VARIANTS = ("t2v_a14b", "i2v_a14b", "ti2v_5b")
 
 
 def _vae_constants(vae: Any) -> tuple[list[float] | None, list[float] | None]:
@@ -37,7 +36,8 @@ class WanModelBundle:
 
     experts: (high_noise, low_noise) for t2v_a14b / i2v_a14b (either may be None when only the
         other one is needed, e.g. a low-noise-only refinement pass); (model,) for ti2v_5b.
-        Each is a diffusers WanTransformer3DModel.
+        Each is a diffusers WanTransformer3DModel; (model,) for s2v_14b, a WanS2VTransformer placed the
+        same way (offload, block streaming, attention) and sampled by wanmeter.s2v.
     latents_mean / latents_std: the VAE family's constants; default from variants.json.
     runtime: placement options; the placement is applied on first use (see `placement`).
     """
@@ -50,11 +50,7 @@ class WanModelBundle:
     _placement: Placement | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.variant not in _SAMPLER_VARIANTS:
-            if self.variant == "s2v_14b":
-                raise WanMeterError("S2V-14B has its own sampler: use wanmeter.s2v, not wanmeter.sampler.")
-            variant(self.variant)  # raises with the list of known names
-            raise WanMeterError(f"Variant {self.variant!r} cannot be sampled here; use one of {_SAMPLER_VARIANTS}.")
+        variant(self.variant)  # raises with the list of known names (S2V bundles are sampled by wanmeter.s2v)
         self.experts = tuple(self.experts)
         want = self.facts["experts"]
         if len(self.experts) != want or all(e is None for e in self.experts):
@@ -80,7 +76,7 @@ class WanModelBundle:
         for e in self.experts:
             if e is None:
                 continue
-            cin = int(e.config.in_channels)
+            cin = int(getattr(e.config, "in_channels"))
             if cin != int(self.facts["in_channels"]):
                 guess = [n for n in variant_names() if variant(n)["in_channels"] == cin]
                 raise WanMeterError(

@@ -6,6 +6,8 @@ the exception and its traceback frames.
 """
 from __future__ import annotations
 
+from ..errors import WanMeterError
+
 import time
 from typing import Callable
 
@@ -40,6 +42,8 @@ def sample(bundle: WanModelBundle, positive: torch.Tensor, negative: torch.Tenso
     and the current latent in raw VAE space; it may raise to interrupt the run. `stats`, when
     given, is filled with seconds per step and peak memory (also for interrupted runs).
     """
+    if bundle.facts.get("audio"):
+        raise WanMeterError(f"{bundle.facts['label']} has its own sampler: use WanMeter S2V Sampler (wanmeter.s2v).")
     r = resolve(bundle, req, positive, negative)
     placement = bundle.placement
     device, dtype = placement.device, placement.compute_dtype

@@ -10,11 +10,12 @@ from typing import Sequence
 
 import torch
 
+from .. import schema
 from ..errors import WanMeterError
 from ..variants import vae_family, variant
 from .bundle import WanModelBundle
 
-SCHEDULERS = ("unipc", "euler")
+SCHEDULERS = tuple(schema.widget("WanMeterSampler", "scheduler")["choices"])   # declared once, with the widget
 
 
 @dataclass
