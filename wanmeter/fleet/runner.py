@@ -145,7 +145,6 @@ def connect(tiers: list[Tier], *, address: str | None, slots: int, worker_cpus: 
     if ray.is_initialized():
         return False
     if address:
-        check_reachable(address)
         try:
             ray.init(address=address, runtime_env={"py_modules": [str(PKG_DIR)]}, configure_logging=False,
                      log_to_driver=False)
@@ -215,6 +214,8 @@ def run_fleet(jobs: JobList | list[Job], tiers: list[Tier], out_dir: str | Path,
     import ray
     from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
+    if address:
+        check_reachable(address)   # before anything is planned or written
     jl = jobs if isinstance(jobs, JobList) else JobList(list(jobs))
     if tiny is None:
         tiny = all(j.models is None for j in jl.jobs)
