@@ -359,7 +359,8 @@ class Planner:
         g = f"{gpus} GPU{'s' if gpus != 1 else ''}"
         if billing == "reserved":
             arith = (f"{g} x {HOURS_PER_MONTH:.0f} h x ${price:.2f} = {_money(bills['reserved'])} (reserved: billed every "
-                     f"hour of the month, busy or not; busy {_h(busy_h)} GPU-h)")
+                     f"hour of the month, busy or not; the busy {_h(busy_h)} GPU-h alone would be "
+                     f"{_money(busy_h * price)}, which is not what a reserved GPU costs)")
         elif t.hours_per_week is not None:
             arith = (f"{g} x {t.hours_per_week:g} h/week x {HOURS_PER_MONTH:.0f}/168 weeks x ${price:.2f} = "
                      f"{_money(bills[billing])} ({_BILL_NAMES[billing]}, switched on {_h(t.hours_per_gpu)} h a month per GPU)")
