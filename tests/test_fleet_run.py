@@ -1,6 +1,7 @@
 """fleet run on a local Ray cluster with two simulated tiers (custom resources), tiny models on CPU.
 
-One cluster for the module (2 CPUs, one worker slot per tier). The tiers: "small" (an RTX 4090 box
+One cluster for the module (2 CPUs, one worker slot per tier; the node is also labelled
+wanmeter-tier=lab, a third tier placed by Ray's label selector). The tiers: "small" (an RTX 4090 box
 with 24 GiB RAM: TI2V-5B fits, A14B's 27 GiB of pinned weights do not) and "big" (an H100).
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from wanmeter.cli import main  # noqa: E402
 from wanmeter.errors import WanMeterError  # noqa: E402
 from wanmeter.fleet import load_tiers, parse_jobs, read_jobs, run_fleet  # noqa: E402
 from wanmeter.fleet.manifest import NAME as MANIFEST  # noqa: E402
+from wanmeter.fleet.runner import tier_capacity  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TIERS = [{"name": "small", "gpu": "rtx4090", "on_demand": 0.6, "ram_gib": 24},
@@ -38,8 +40,8 @@ def _line(jid: str, variant: str, **kw) -> str:
 @pytest.fixture(scope="module")
 def cluster():
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    ray.init(num_cpus=2, resources={"tier:small": 1, "tier:big": 1}, include_dashboard=False,
-             configure_logging=False, log_to_driver=False)
+    ray.init(num_cpus=2, resources={"tier:small": 1, "tier:big": 1}, labels={"wanmeter-tier": "lab"},
+             include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -138,6 +140,7 @@ def test_driver_killed_and_resumed_redoes_and_loses_nothing(cluster, tmp_path):
 def test_bad_input_is_reported_and_the_rest_runs(cluster, tmp_path):
     text = "\n".join([
         _line("good", "ti2v_5b", count=2),
+        _line("lost", "ti2v_5b", tier="gone"),
         "{broken json",
         _line("pinned", "ti2v_5b", tier="gold"),
         _line("nofit", "t2v_a14b", tier="small"),
@@ -147,14 +150,16 @@ def test_bad_input_is_reported_and_the_rest_runs(cluster, tmp_path):
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(text, encoding="utf-8")
     tiers = tmp_path / "tiers.json"
-    tiers.write_text(json.dumps(TIERS), encoding="utf-8")
+    tiers.write_text(json.dumps(TIERS + [{"name": "gone", "gpu": "a100_80gb", "on_demand": 100.0}]), encoding="utf-8")
     rep = run_fleet(read_jobs(jobs), load_tiers(tiers), tmp_path / "out", progress=False)
     errs = "\n".join(rep.errors)
-    assert "line 2: not valid JSON" in errs
-    assert "job 'pinned' (line 3): unknown tier 'gold'" in errs
-    assert "job 'nofit' (line 4)" in errs and "fits no tier (small" in errs and "The smallest GPU it fits is" in errs
-    assert "job 'hurry' (line 5): deadline 1 s is met by no tier" in errs
-    assert [v for v, _ in rep.failed] == ["badimg-0000"] and "Cannot read the image" in rep.failed[0][1]
+    assert "line 3: not valid JSON" in errs
+    assert "job 'pinned' (line 4): unknown tier 'gold'" in errs
+    assert "job 'nofit' (line 5)" in errs and "fits no tier (small" in errs and "The smallest GPU it fits is" in errs
+    assert "job 'hurry' (line 6): deadline 1 s is met by no tier" in errs
+    failed = dict(rep.failed)
+    assert sorted(failed) == ["badimg-0000", "lost-0000"] and "Cannot read the image" in failed["badimg-0000"]
+    assert "the cluster has no GPUs of tier 'gone'" in failed["lost-0000"]
     assert _done_counts(tmp_path / "out") == {"good-0000": 1, "good-0001": 1}
     assert not rep.ok
 
@@ -168,3 +173,32 @@ def test_unreachable_cluster_is_a_clear_error_and_runs_nothing(tmp_path, capsys)
     rc = main(["fleet", "run", str(tmp_path / "j.jsonl"), "--tiers", "rtx4090", "--address", "127.0.0.1:9",
                "--out", str(tmp_path)])
     assert rc == 2 and "cannot reach the Ray cluster" in capsys.readouterr().err
+
+
+def test_tier_from_node_labels(cluster, tmp_path):
+    """A tier with no 'tier:<name>' resource runs on the nodes labelled wanmeter-tier=<name>."""
+    from wanmeter.tiny import ensure_tiny_models
+
+    tiny = ensure_tiny_models(names=["dit_ti2v", "umt5_fp16", "vae_wan22"])
+    models = {"dit": [str(tiny["dit_ti2v"])], "text_encoder": str(tiny["umt5_fp16"]), "vae": str(tiny["vae_wan22"])}
+    tiers = load_tiers([{"name": "lab", "gpu": "rtx4090", "on_demand": 0.6}])
+    # model files named in the job (the path real weights take), here the tiny ones
+    rep = run_fleet(parse_jobs(_line("l", "ti2v_5b", count=2, models=models, deadline="1h")), tiers, tmp_path,
+                    progress=False)
+    assert rep.ok, rep.format()
+    assert rep.models == "files"
+    assert rep.workers == {"lab": 1} and {r["tier"] for r in rep.results} == {"lab"}
+    row = rep.to_dict()["per_job"][0]
+    assert row["deadline_s"] == 3600 and row["deadline_met"] is (row["finished_after_s"] <= 3600)
+
+
+def test_tier_capacity_counts_resources_then_labelled_gpus():
+    tiers = load_tiers([{"name": "a", "gpu": "h100_sxm"}, {"name": "b", "gpu": "h100_sxm"},
+                        {"name": "c", "gpu": "h100_sxm"}])
+    nodes = [{"Alive": True, "Labels": {"wanmeter-tier": "b"}, "Resources": {"GPU": 8.0}},
+             {"Alive": True, "Labels": {"wanmeter-tier": "b"}, "Resources": {"CPU": 4.0}},
+             {"Alive": False, "Labels": {"wanmeter-tier": "b"}, "Resources": {"GPU": 8.0}}]
+    cap = tier_capacity(tiers, {"tier:a": 3.0}, nodes)
+    assert cap["a"] == (3, {"resources": {"tier:a": 1}})
+    assert cap["b"] == (9, {"label_selector": {"wanmeter-tier": "b"}})    # 8 GPUs + 1 GPU-less node; the dead one not
+    assert cap["c"] == (0, {})

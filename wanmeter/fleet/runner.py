@@ -3,7 +3,7 @@ what goes where and records what finished).
 
 - Cluster: an embedded local one by default (this machine; each tier gets `slots` units of its
   resource "tier:<name>"), or `address` for a running cluster whose nodes were started with
-  `ray start --resources '{"tier:<name>": <GPUs on the node>}'`.
+  `ray start --resources '{"tier:<name>": <GPUs on the node>}'` or `--labels '{"wanmeter-tier": "<name>"}'`.
 - Workers: one long-lived Ray actor per GPU of a tier (`VideoWorker`), holding one unit of the tier's
   resource (and a GPU where the cluster has GPUs); the driver gives each idle worker the next video of
   its tier with the models it already holds, so models load once per run of same-model jobs.
@@ -48,6 +48,7 @@ class RunReport:
     workers: dict[str, int] = field(default_factory=dict)
     models: str = "tiny"
     devices: dict[str, str] = field(default_factory=dict)
+    started: float = 0.0            # epoch seconds when the workers were asked for (deadlines count from here)
 
     @property
     def ok(self) -> bool:
@@ -67,7 +68,13 @@ class RunReport:
             meas = sum(r["seconds"] for r in rs) / len(rs)
             loads = [r["load_s"] for r in rs if r["load_s"] > 0]
             batch = e.workload.batch if e else 1
+            job = next((a.job for tp in self.plan.tiers for a in tp.assignments if a.job.id == jid), None)
+            after = max(r["finished"] for r in rs) - self.started if self.started else None
             jobs.append({"job": jid, "tier": tname, "runs": len(rs), "videos": len(rs) * batch,
+                         "deadline_s": None if job is None else job.deadline_s,
+                         "finished_after_s": None if after is None else round(after, 2),
+                         "deadline_met": None if job is None or job.deadline_s is None or after is None
+                         else after <= job.deadline_s,
                          "measured_s_per_run": round(meas, 3), "estimated_s_per_run": None if e is None else round(e.per_video_s, 1),
                          "measured_load_s": round(sum(loads) / len(loads), 3) if loads else None,
                          "estimated_load_s": None if e is None else round(e.load_cold_s, 1),
@@ -113,6 +120,10 @@ class RunReport:
             u = "-" if t["utilisation"] is None else f"{100 * t['utilisation']:.0f}%"
             lines.append(f"{t['tier'][:10]:<10} {t['workers']:>7} {t['runs']:>5} {t['measured_busy_s']:>9.1f} "
                          f"{t['estimated_busy_s']:>10.1f} {u:>6}  {t['device']}")
+        for j in jobs:
+            if j["deadline_met"] is False:
+                lines.append(f"deadline missed: {j['job']} finished {j['finished_after_s']:.0f} s after the start "
+                             f"(deadline {j['deadline_s']:.0f} s)")
         for v, m in self.failed:
             lines.append(f"failed: {v}: {m}")
         for e in self.errors:
@@ -175,6 +186,28 @@ class _Bar:
         sys.stderr.flush()
 
 
+LABEL = "wanmeter-tier"
+
+
+def tier_capacity(tiers: list[Tier], resources: dict[str, float], nodes: list[dict]) -> dict[str, tuple[int, dict]]:
+    """tier -> (workers it can have, actor options that place them) on this cluster.
+
+    A tier is either a custom resource "tier:<name>" (one unit per GPU; what the embedded cluster uses)
+    or nodes labelled wanmeter-tier=<name> (one worker per GPU of those nodes, or one per node without
+    GPUs), placed with Ray's label selector.
+    """
+    out: dict[str, tuple[int, dict]] = {}
+    for t in tiers:
+        units = int(resources.get(t.resource, 0))
+        if units >= 1:
+            out[t.name] = (units, {"resources": {t.resource: 1}})
+            continue
+        labelled = [n for n in nodes if n.get("Alive", True) and (n.get("Labels") or {}).get(LABEL) == t.name]
+        units = sum(max(1, int((n.get("Resources") or {}).get("GPU", 0))) for n in labelled)
+        out[t.name] = (units, {"label_selector": {LABEL: t.name}} if units else {})
+    return out
+
+
 @dataclass
 class _Slot:
     tier: str
@@ -184,7 +217,7 @@ class _Slot:
 
 
 def _tasks(plan: FleetPlan, jobs: list[Job], out: Path, tiny: bool) -> dict[str, deque]:
-    """Per tier, the runs to make, same-model jobs next to each other."""
+    """Per tier, the runs to make: deadline jobs first, then same-model jobs next to each other."""
     tier_of = plan.video_tiers()
     order: dict[str, int] = {}
     for j in jobs:
@@ -196,7 +229,9 @@ def _tasks(plan: FleetPlan, jobs: list[Job], out: Path, tiny: bool) -> dict[str,
             if t is None:
                 continue
             e = plan.estimate_for(j.id, t)
-            queues.setdefault(t, []).append(((order[j.model_key], ji, i), {
+            # jobs with deadlines first (earliest first), then same-model jobs together
+            due = j.deadline_s if j.deadline_s is not None else float("inf")
+            queues.setdefault(t, []).append(((due, order[j.model_key], ji, i), {
                 "video": vid, "job": j, "seed": j.seed + i, "attempt": 1, "tier": t, "out_dir": str(out),
                 "running_dir": str(out / ".running"), "tiny": tiny, "plan": None if e is None else e.plan}))
     return {t: deque(task for _, task in sorted(q, key=lambda x: x[0])) for t, q in queues.items()}
@@ -260,6 +295,7 @@ def run_fleet(jobs: JobList | list[Job], tiers: list[Tier], out_dir: str | Path,
     started = connect([t for t in tiers if t.name in queues], address=address, slots=slots, worker_cpus=worker_cpus)
     bar = _Bar(total, progress)
     t0 = time.perf_counter()
+    report.started = time.time()
     try:
         res = ray.cluster_resources()
         use_gpu = device != "cpu" and res.get("GPU", 0) >= 1
@@ -267,19 +303,22 @@ def run_fleet(jobs: JobList | list[Job], tiers: list[Tier], out_dir: str | Path,
         by_name = {t.name: t for t in tiers}
         slots_of: dict[str, list[_Slot]] = {}
 
+        capacity = tier_capacity(tiers, res, ray.nodes())
+
         def new_slot(tname: str) -> _Slot:
-            h = actor_cls.options(num_cpus=worker_cpus, num_gpus=1 if use_gpu else 0,
-                                  resources={by_name[tname].resource: 1}, max_restarts=0).remote(
+            units, where = capacity[tname]
+            h = actor_cls.options(num_cpus=worker_cpus, num_gpus=1 if use_gpu else 0, max_restarts=0, **where).remote(
                 tname, "cuda" if use_gpu else "cpu", int(worker_cpus) or 1)
             return _Slot(tname, h)
 
         for tname, q in list(queues.items()):
-            units = int(res.get(by_name[tname].resource, 0))
+            units = capacity.get(tname, (0, {}))[0]
             if units < 1:
+                r = by_name[tname].resource
                 for task in q:
                     report.failed.append((task["video"], f"the cluster has no GPUs of tier {tname!r} (no Ray resource "
-                                          f"'{by_name[tname].resource}'): start its nodes with ray start --resources "
-                                          f"'{{\"{by_name[tname].resource}\": <GPUs>}}'"))
+                                          f"'{r}' and no node labelled {LABEL}={tname}): start its nodes with ray start "
+                                          f"--resources '{{\"{r}\": <GPUs>}}' or --labels '{{\"{LABEL}\": \"{tname}\"}}'"))
                 del queues[tname]
                 continue
             limit = by_name[tname].gpu_limit

@@ -97,21 +97,25 @@ class VideoWorker:
         self.key = None
         t0 = time.perf_counter()
         files = tiny_model_files(job.workload.variant) if tiny or job.models is None else job.models
-        if tiny or plan is None:
-            runtime, kw, te_dtype, vae_dtype = RuntimeOptions(device="cpu" if self.device == "auto" else self.device), \
+        on_gpu = self.device != "cpu" and torch.cuda.is_available()
+        te_on_cpu = False
+        if not on_gpu or plan is None:
+            # CPU (or no plan): fp32 as the demo runs; the tier's memory plan is for its GPU
+            runtime, kw, te_dtype, vae_dtype = RuntimeOptions(device="cuda" if on_gpu else "cpu"), \
                 {"weight_dtype": "fp32"}, torch.float32, torch.float32
         else:
             from ..memplan import apply_plan
 
-            ap = apply_plan(plan)
-            runtime, kw = ap.runtime_options(self.device), ap.loader_kwargs()
-            te_dtype = torch.bfloat16 if ap.text_encoder_dtype == "bf16" else torch.float32
+            ap = apply_plan(plan)   # the plan the estimate was made for: the run is what was estimated
+            runtime, kw = ap.runtime_options("cuda"), ap.loader_kwargs()
+            te_on_cpu = ap.text_encoder_device == "cpu"
+            te_dtype = torch.float32 if te_on_cpu else torch.bfloat16
             vae_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(ap.vae_dtype, torch.float32)
         dev = runtime.torch_device()
         load_dev = dev if runtime.offload == "none" else torch.device("cpu")
         dits = [load_dit(p, device=load_dev, **kw) for p in files["dit"]]
         vae = load_vae(files["vae"], dtype=vae_dtype, device=dev)
-        te = load_text_encoder(files["text_encoder"], device=dev, dtype=te_dtype)
+        te = load_text_encoder(files["text_encoder"], device=torch.device("cpu") if te_on_cpu else dev, dtype=te_dtype)
         bundle = WanModelBundle.from_loaded(job.workload.variant, *dits, vae=vae, runtime=runtime)
         bundle.placement  # place now, inside the load time
         self.pipe, self.key = WanPipeline(bundle, te, vae), job.model_key
