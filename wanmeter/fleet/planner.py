@@ -22,7 +22,7 @@ from ..estimator import Estimate, load_gpus
 from ..estimator.estimate import HOURS_PER_MONTH, gpus_for_hours
 from ..memplan import plan_for
 from .jobs import Job, JobList, LineError
-from .tiers import WEEKS_PER_MONTH, Tier
+from .tiers import Tier
 
 _BILL_NAMES = {"on_demand": "on-demand", "spot": "spot", "reserved": "reserved"}
 
