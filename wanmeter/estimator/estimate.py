@@ -6,6 +6,7 @@ by hand.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from .timing import attention_backend, fp8_compute_active, layout_of, phase_time
 from .workload import Plan, Workload
 
 DEFAULT_VIDEOS_PER_MONTH = 1000
+HOURS_PER_MONTH = 730.0   # 8,760 h a year / 12: the hours a reserved (monthly) GPU is billed, busy or not
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,18 @@ class Prices:
         return cls(override.on_demand if override.on_demand is not None else base.on_demand,
                    override.spot if override.spot is not None else base.spot,
                    override.reserved if override.reserved is not None else base.reserved)
+
+    def bill(self, busy_gpu_hours: float, reserved_gpus: int) -> dict[str, float | None]:
+        """A month's bill for `busy_gpu_hours` of work: on-demand and spot pay the hours used; reserved
+        pays `reserved_gpus` GPUs for every hour of the month (HOURS_PER_MONTH), busy or not."""
+        return {"on_demand": None if self.on_demand is None else busy_gpu_hours * self.on_demand,
+                "spot": None if self.spot is None else busy_gpu_hours * self.spot,
+                "reserved": None if self.reserved is None else reserved_gpus * HOURS_PER_MONTH * self.reserved}
+
+
+def gpus_for_hours(busy_hours: float, hours_per_gpu: float = HOURS_PER_MONTH) -> int:
+    """GPUs needed to fit `busy_hours` of work in `hours_per_gpu` each (at least 1 for any work)."""
+    return 0 if busy_hours <= 0 else max(1, math.ceil(busy_hours / hours_per_gpu - 1e-9))
 
 
 @dataclass
@@ -71,28 +85,41 @@ class Estimate:
 
     @property
     def per_video_s(self) -> float:
-        """Seconds per video with models already loaded (the steady state)."""
+        """Seconds per run with models already loaded (the steady state): one run makes `batch` videos."""
         return self.text_encode_s + self.transfers_s + self.denoise_s + self.decode_s
+
+    @property
+    def seconds_per_video(self) -> float:
+        """Seconds per video: a run's time shared by the `batch` videos it makes."""
+        return self.per_video_s / self.workload.batch
 
     @property
     def first_video_s(self) -> float:
         return self.load_cold_s + self.per_video_s
 
     def _cost(self, per_hour: float | None) -> float | None:
-        return None if per_hour is None else self.per_video_s / 3600.0 * per_hour * self.plan.num_gpus
+        return None if per_hour is None else self.seconds_per_video / 3600.0 * per_hour * self.plan.num_gpus
 
     @property
     def cost_per_video(self) -> float | None:
-        """$ per video at the on-demand price (None without a price)."""
+        """$ per video (not per batch) at the on-demand price (None without a price)."""
         return self._cost(self.prices.on_demand)
 
-    def monthly(self, videos: int | None = None) -> dict[str, float | None]:
+    def gpu_hours(self, videos: int | None = None) -> float:
+        """GPU-hours `videos` videos keep the plan's GPUs busy (models loaded)."""
         n = self.videos_per_month if videos is None else videos
-        out = {}
-        for k in ("on_demand", "spot", "reserved"):
-            c = self._cost(getattr(self.prices, k))
-            out[k] = None if c is None else c * n
-        return out
+        return n * self.seconds_per_video * self.plan.num_gpus / 3600.0
+
+    def monthly(self, videos: int | None = None) -> dict[str, float | None]:
+        """A month of `videos` videos: GPU-hours, GPUs needed, and the bill per pricing.
+
+        on_demand / spot: the busy GPU-hours x the price. reserved: GPUs reserved for the whole month
+        (enough to do the work in HOURS_PER_MONTH each) x 730 h x the reserved price, busy or not; so
+        reserved is cheaper only when the GPUs are busy more than reserved/on-demand of the month.
+        """
+        hours = self.gpu_hours(videos)
+        gpus = gpus_for_hours(hours / self.plan.num_gpus) * self.plan.num_gpus
+        return {**self.prices.bill(hours, gpus), "gpu_hours": hours, "gpus": gpus}
 
     @property
     def headroom_gib(self) -> float:
@@ -113,12 +140,12 @@ class Estimate:
             "time_s": {"load_cold": r(self.load_cold_s, 1), "text_encode": r(self.text_encode_s, 2),
                        "transfers": r(self.transfers_s, 2), "denoise": r(self.denoise_s, 1),
                        "decode": r(self.decode_s, 1), "per_video": r(self.per_video_s, 1),
-                       "first_video": r(self.first_video_s, 1)},
+                       "each_video": r(self.seconds_per_video, 1), "first_video": r(self.first_video_s, 1)},
             "denoise_parts_s": {k: r(v, 2) for k, v in self.denoise_parts.items()},
             "forwards": self.forwards, "pflop": r(self.flops_total / 1e15, 2), "flop_floor_s": r(self.flop_floor_s, 1),
             "price_per_hour": {"on_demand": self.prices.on_demand, "spot": self.prices.spot, "reserved": self.prices.reserved},
             "cost_per_video": r(self.cost_per_video, 4), "videos_per_month": self.videos_per_month,
-            "monthly": {k: r(v, 2) for k, v in self.monthly().items()},
+            "monthly": {k: v if k == "gpus" else r(v, 2) for k, v in self.monthly().items()},
             "notes": list(self.notes), "trace": list(self.trace),
         }
 
