@@ -10,6 +10,7 @@ from .calibration import Calibration
 from .gpus import GpuSpec
 from .flops import heads
 from .parallel import gpu_layout
+from .runtimes import decode_residents
 from .sizes import GIB, Sizes
 from .workload import Plan, Workload
 
@@ -89,7 +90,7 @@ def vram_phases(s: Sizes, w: Workload, p: Plan, cal: Calibration) -> dict[str, d
         dec["DiT weights (resident)"] = dit
     if te_kept:
         dec["text encoder weights"] = s.te_bytes
-    phases["decode"] = dec
+    phases["decode"] = decode_residents(dec, w, p, s, cal)  # ComfyUI native unloads models first (runtimes.py)
     return phases
 
 

@@ -78,11 +78,11 @@ def inspect_model(folder: str, name: Any, where: str, find_file: FindFile | None
 
 
 def expert_of(name: str) -> str | None:
+    """"high" / "low" from an A14B expert's file name (official "high_noise", kijai "HIGH"), else None."""
     n = name.lower()
-    if "high_noise" in n or "high-noise" in n or "highnoise" in n:
-        return "high"
-    if "low_noise" in n or "low-noise" in n or "lownoise" in n:
-        return "low"
+    for role in ("high", "low"):
+        if re.search(rf"(^|[_\-. ]){role}([_\-. ]?noise|[_\-. ]|$)", n):
+            return role
     return None
 
 
