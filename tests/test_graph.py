@@ -368,3 +368,84 @@ def test_wanmeter_widget_names_match_our_node_classes(monkeypatch, tmp_path):
     finally:
         for k in [k for k in sys.modules if k == stubs.PACK or k.startswith(stubs.PACK + ".")]:
             del sys.modules[k]
+
+
+# ---------------------------------------------------------------- file headers when the files exist
+
+def test_variant_and_precision_from_the_file_header_when_found():
+    from wanmeter.tiny import ensure_tiny_models
+
+    tiny = ensure_tiny_models(names=["dit_t2v_high_fp8_scaled", "dit_t2v_low_fp8_scaled", "dit_ti2v"])
+    files = {"wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors": tiny["dit_t2v_high_fp8_scaled"],
+             "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors": tiny["dit_t2v_low_fp8_scaled"]}
+    seen = []
+
+    def find(folder, name):
+        seen.append((folder, name))
+        return str(files[name]) if name in files else None
+
+    p = pipelines(read_graph(load("video_wan2_2_14B_t2v")), find)[0]
+    assert ("diffusion_models", "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors") in seen
+    assert p["variant"] == "t2v_a14b" and p["weight_dtype"] == "fp8_e4m3fn"
+    assert any("read from the file header" in n for n in p["notes"])
+    # the header wins over the name: a file named like the 5B model that is an A14B expert
+    (q,) = pipelines(read_graph(_chain()), lambda f, n: str(tiny["dit_t2v_high_fp8_scaled"]))
+    assert q["variant"] == "t2v_a14b"
+    (r,) = pipelines(read_graph(_chain("wan2.2_t2v_high_noise_14B_fp16.safetensors")), lambda f, n: str(tiny["dit_ti2v"]))
+    assert r["variant"] == "ti2v_5b"
+
+
+def test_a_non_wan_file_on_disk_gives_one_line(tmp_path):
+    from safetensors.numpy import save_file
+    import numpy as np
+
+    f = tmp_path / "flux1-dev.safetensors"
+    save_file({"double_blocks.0.img_attn.qkv.weight": np.zeros((8, 4), np.float32)}, str(f))
+    with pytest.raises(WanMeterError) as ei:
+        pipelines(read_graph(_chain("flux1-dev.safetensors")), lambda folder, name: str(f))
+    assert "UNETLoader" in _one_line(ei)
+
+
+# ---------------------------------------------------------------- damaged files: an answer or one line, never a trace
+
+def test_damaged_templates_never_raise_anything_but_wanmeter_errors():
+    import random
+
+    rng = random.Random(1234)
+    base = [json.loads(p.read_text(encoding="utf-8")) for p in WAN22]
+    junk = [None, -1, 0, 10 ** 30, 1e308, float("nan"), "", "x", [], {}, [1, 2], {"a": 1}, True]
+    outcomes = {"ok": 0, "error": 0}
+    for _ in range(300):
+        d = copy.deepcopy(rng.choice(base))
+        scopes = [d] + d.get("definitions", {}).get("subgraphs", [])
+        sc = rng.choice(scopes)
+        for _k in range(rng.randint(1, 4)):
+            kind = rng.random()
+            if kind < 0.5 and isinstance(sc.get("nodes"), list) and sc["nodes"]:
+                n = rng.choice(sc["nodes"])
+                if not isinstance(n, dict):
+                    continue
+                field = rng.choice(["widgets_values", "inputs", "mode", "type", "id", "outputs"])
+                if field == "widgets_values" and isinstance(n.get("widgets_values"), list) and n["widgets_values"]:
+                    n["widgets_values"][rng.randrange(len(n["widgets_values"]))] = rng.choice(junk)
+                elif field == "inputs" and isinstance(n.get("inputs"), list) and n["inputs"] \
+                        and all(isinstance(i, dict) for i in n["inputs"]):
+                    n["inputs"][rng.randrange(len(n["inputs"]))]["link"] = rng.choice(junk + [rng.randint(0, 500)])
+                else:
+                    n[field] = rng.choice(junk)
+            elif kind < 0.8 and isinstance(sc.get("links"), list) and sc["links"]:
+                ln = rng.choice(sc["links"])
+                if isinstance(ln, list) and ln:
+                    ln[rng.randrange(len(ln))] = rng.choice(junk + [rng.randint(-20, 200)])
+                elif isinstance(ln, dict) and ln:
+                    ln[rng.choice(list(ln))] = rng.choice(junk + [rng.randint(-20, 200)])
+            else:
+                sc[rng.choice(["nodes", "links"])] = rng.choice(junk)
+        try:
+            for p in pipelines(read_graph(d)):
+                estimate_pipeline(p, get_gpu("rtx4090"))
+            outcomes["ok"] += 1
+        except WanMeterError as e:
+            assert "\n" not in str(e)
+            outcomes["error"] += 1
+    assert outcomes["ok"] and outcomes["error"]

@@ -71,7 +71,11 @@ def _fail(msg: str) -> WanMeterError:
 
 
 def _int_or_str(x: Any) -> Any:
-    return x if isinstance(x, (int, str)) else str(x)
+    return x if isinstance(x, (int, str)) and not isinstance(x, bool) else str(x)
+
+
+def _list(x: Any) -> list:
+    return x if isinstance(x, list) else []
 
 
 def _links(raw: Any, where: str) -> dict[Any, tuple[Any, int, Any, int]]:
@@ -84,10 +88,14 @@ def _links(raw: Any, where: str) -> dict[Any, tuple[Any, int, Any, int]]:
     for ln in raw:
         try:
             if isinstance(ln, dict):
-                out[ln["id"]] = (ln["origin_id"], int(ln["origin_slot"]), ln["target_id"], int(ln["target_slot"]))
+                key, row = ln["id"], (ln["origin_id"], int(ln["origin_slot"]), ln["target_id"], int(ln["target_slot"]))
             elif isinstance(ln, list) and len(ln) >= 5:
-                out[ln[0]] = (ln[1], int(ln[2]), ln[3], int(ln[4]))
-        except (KeyError, TypeError, ValueError):
+                key, row = ln[0], (ln[1], int(ln[2]), ln[3], int(ln[4]))
+            else:
+                continue
+            if isinstance(key, (int, str)) and not isinstance(key, bool):
+                out[key] = (_int_or_str(row[0]), row[1], _int_or_str(row[2]), row[3])
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise _fail(f"{where}: a link is malformed ({str(ln)[:80]}). Re-save the workflow from ComfyUI.") from None
     return out
 
@@ -112,7 +120,7 @@ class _Scope:
         if not isinstance(vals, list) or not vals or not self.sg:
             return {}
         out, i = {}, 0
-        for inp in self.sg.get("inputs") or []:
+        for inp in _list(self.sg.get("inputs")):
             if not isinstance(inp, dict) or inp.get("type") not in WIDGET_TYPES:
                 continue
             if i >= len(vals):
@@ -127,10 +135,12 @@ class _Scope:
 class _Reader:
     def __init__(self, data: dict):
         self.data = data
-        defs = (data.get("definitions") or {}).get("subgraphs") or []
+        defs = data.get("definitions")
+        defs = defs.get("subgraphs") if isinstance(defs, dict) else None
+        defs = defs if defs is not None else []
         if not isinstance(defs, list):
             raise _fail("definitions.subgraphs must be a list. Re-save the workflow from ComfyUI.")
-        self.defs = {d.get("id"): d for d in defs if isinstance(d, dict) and d.get("id")}
+        self.defs = {d["id"]: d for d in defs if isinstance(d, dict) and isinstance(d.get("id"), str) and d["id"]}
         self.out: dict[str, Node] = {}
         self.pending: list[tuple[Node, _Scope, dict]] = []
         self.count = 0
@@ -143,7 +153,7 @@ class _Reader:
                         "of them (right-click > Unpack Subgraph).")
         if not isinstance(nodes, list):
             raise _fail("The workflow's 'nodes' is not a list. Re-save it from ComfyUI.")
-        sc = _Scope(prefix, nodes, _links(links, sg.get("name", "subgraph") if sg else "workflow"), instance, parent, sg, depth)
+        sc = _Scope(prefix, nodes, _links(links, str(sg.get("name", "subgraph")) if sg else "workflow"), instance, parent, sg, depth)
         sc.mode = mode
         for raw in sc.nodes.values():
             self.count += 1
@@ -164,8 +174,7 @@ class _Reader:
                 self.scope(f"{prefix}{raw['id']}:", d.get("nodes"), d.get("links"), raw, sc, d, depth + 1, eff, stack + (t,))
                 continue
             nid = f"{prefix}{raw['id']}"
-            ins = raw.get("inputs") if isinstance(raw.get("inputs"), list) else []
-            outs = raw.get("outputs") if isinstance(raw.get("outputs"), list) else []
+            ins, outs = _list(raw.get("inputs")), _list(raw.get("outputs"))
             node = Node(id=nid, type=t, widgets=widget_dict(t, raw.get("widgets_values")), inputs={}, mode=eff,
                         title=raw.get("title") if isinstance(raw.get("title"), str) else None,
                         input_types={str(i.get("name")): str(i.get("type")) for i in ins if isinstance(i, dict)},
@@ -182,12 +191,12 @@ class _Reader:
         if origin == SG_IN:
             if sc.sg is None or sc.instance is None or sc.parent is None:
                 return None
-            sg_inputs = sc.sg.get("inputs") or []
+            sg_inputs = _list(sc.sg.get("inputs"))
             if not 0 <= slot < len(sg_inputs):
                 return None
             name = sg_inputs[slot].get("name") if isinstance(sg_inputs[slot], dict) else None
-            for i in sc.instance.get("inputs") or []:
-                if isinstance(i, dict) and i.get("name") == name and i.get("link") is not None:
+            for i in _list(sc.instance.get("inputs")):
+                if isinstance(i, dict) and i.get("name") == name and isinstance(i.get("link"), (int, str)):
                     ln = sc.parent.links.get(i["link"])
                     return None if ln is None else self.resolve(sc.parent, ln[0], ln[1], hops + 1)
             w = sc.instance_widgets()
@@ -197,7 +206,7 @@ class _Reader:
             return None
         if raw.get("type") in self.defs:
             d = self.defs[raw["type"]]
-            inner = _Scope(f"{sc.prefix}{raw['id']}:", d.get("nodes") or [], _links(d.get("links"), d.get("name", "subgraph")),
+            inner = _Scope(f"{sc.prefix}{raw['id']}:", _list(d.get("nodes")), _links(d.get("links"), str(d.get("name", "subgraph"))),
                            raw, sc, d, sc.depth + 1)
             for ln in inner.links.values():
                 if ln[2] == SG_OUT and ln[3] == slot:
@@ -207,12 +216,12 @@ class _Reader:
 
     def wire(self) -> None:
         for node, sc, raw in self.pending:
-            for i in raw.get("inputs") or []:
+            for i in _list(raw.get("inputs")):
                 if not isinstance(i, dict) or "name" not in i:
                     continue
                 name = str(i["name"])
                 link = i.get("link")
-                if link is None:
+                if not isinstance(link, (int, str)) or isinstance(link, bool):
                     continue
                 ln = sc.links.get(link)
                 if ln is None:

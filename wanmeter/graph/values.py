@@ -116,6 +116,6 @@ def safe_eval(expr: Any, env: dict[str, Any]) -> Any:
 
 
 def number(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > 1e9:
         return None
     return float(v)
