@@ -449,3 +449,21 @@ def test_damaged_templates_never_raise_anything_but_wanmeter_errors():
             assert "\n" not in str(e)
             outcomes["error"] += 1
     assert outcomes["ok"] and outcomes["error"]
+
+
+def test_estimate_graph_one_call_per_workflow(tmp_path):
+    from wanmeter.graph.estimate import estimate_graph
+    from wanmeter.estimator.local_calibration import record
+
+    g = get_gpu("rtx4090")
+    data = load("video_wan2_2_14B_t2v")
+    out = estimate_graph(data, g)
+    assert [r["current"] for r in out] == [True, False] and out[0]["calibrated"] is None
+    assert out[0]["alternative"].startswith("WanMeter nodes") and out[0]["estimate"]["runtime"] == "comfy_native"
+    w, p = workload_plan(pipelines(read_graph(data))[0])
+    e = estimate(w, p, g)
+    cal = tmp_path / "cal.json"
+    record(cal, g.key, w, p, e, {"s_per_step": e.denoise_s / steps_of(w) * 0.8})
+    again = estimate_graph(data, g, calibration_path=cal)
+    assert again[0]["calibrated"].startswith("calibrated on this GPU: 1 run")
+    assert again[0]["estimate"]["time_s"]["denoise"] == pytest.approx(0.8 * out[0]["estimate"]["time_s"]["denoise"], rel=0.01)

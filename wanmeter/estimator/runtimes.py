@@ -86,9 +86,11 @@ def native_plan(w: Workload, plan: Plan, gpu: GpuSpec, cal: Calibration) -> tupl
     te_kept = plan.text_encoder_device == "gpu" and off == "none" and models + s.te_bytes + reserve_cfg <= free
     p = p.with_(offload=off, blocks_to_stream=n, text_encoder_unload=not te_kept, prefetch_blocks=0)
     if not p.vae_tiled:
-        from .memory import vae_decode_bytes
+        from .memory import vram_peak, vram_phases
 
-        if vae_decode_bytes(w, p, s, cal) > free:
+        dec = vram_phases(compute_sizes(w, p, cal), w, p, cal)["decode"]
+        peak, _, _ = vram_peak({"decode": dec}, cal)
+        if peak / GIB > limit - float(cal.v("overhead.vram_reserve_gib")):
             p = p.with_(vae_tiled=True)
             notes.append("the full VAE decode does not fit: ComfyUI retries tiled after an out-of-memory error "
                          "(the failed attempt's time is not counted)")

@@ -25,3 +25,25 @@ def estimate_pipeline(settings: dict[str, Any], gpu: GpuSpec) -> Estimate:
     e = estimate(w, p, gpu)
     e.notes[:0] = [n for n in settings.get("notes", []) if n not in e.notes]
     return e
+
+
+def estimate_graph(data: Any, gpu: GpuSpec, find_file=None, calibration_path=None) -> list[dict[str, Any]]:
+    """Every pipeline of a workflow (UI or API format) estimated on `gpu`, saved state first: label, current,
+    active, runtime, the estimate (to_dict; corrected by this GPU's local calibration runs when a path is
+    given) and, for native / kijai pipelines, the WanMeter alternative line. WanMeterError (one line) for bad
+    input. For the route and the CLI until they are wired onto the one settings schema."""
+    from ..estimator.alternative import alternative_line
+    from ..estimator.local_calibration import corrected, correction
+    from . import pipelines, read_graph
+
+    out = []
+    for s in pipelines(read_graph(data), find_file):
+        w, p = workload_plan(s)
+        e = estimate_pipeline(s, gpu)
+        c = correction(calibration_path, gpu.key, p.runtime)
+        e = corrected(e, c)
+        out.append({"label": s["label"], "current": s["current"], "active": s["active"], "runtime": p.runtime,
+                    "sampler_id": s["sampler_id"], "settings": {k: v for k, v in s.items() if k != "notes"},
+                    "estimate": e.to_dict(), "calibrated": c.text or None,
+                    "alternative": alternative_line(w, p, gpu) if p.runtime != "wanmeter" else None})
+    return out
