@@ -159,9 +159,3 @@ def short_number(x: Any) -> str:
     except (TypeError, ValueError):
         return str(x)
 
-
-_SAFE = re.compile(r"[^\w.\- ]")
-
-
-def clean_label(s: str) -> str:
-    return _SAFE.sub("", s)[:120]

@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import WanMeterError
 from .common import (LABEL, FindFile, chain_order, expert_of, inspect_model, short_number, unbypassed, variants_of)
 from .model import BYPASSED, Graph, Node
-from .values import number, source, upstream, value
+from .values import number, upstream, value
 
 SAMPLERS = ("KSampler", "KSamplerAdvanced")
 MODEL_LOADERS = ("UNETLoader", "UnetLoaderGGUF")
@@ -197,7 +197,6 @@ def _chain_settings(g: Graph, chain: list[Node], find_file: FindFile | None) -> 
         te_device = "cpu" if value(g, clip, "device", "default") == "cpu" else "gpu"
         te_dtype = "fp8_e4m3fn" if ("fp8" in te_name.lower() or "e4m3" in te_name.lower()) else "bf16"
         files.append(("text_encoders", te_name))
-    vae = _find_upstream(g, last, (), ("VAELoader",), 20) if False else None
     dec = _decode_after(g, last)
     if dec is not None:
         vae = upstream(g, dec, "vae")
