@@ -216,7 +216,7 @@ def test_math_expression_is_arithmetic_only():
 
 # ---------------------------------------------------------------- kijai (synthetic: no official file on PyPI)
 
-def _kijai(blocks=20, prefetch=1, quant="fp8_e4m3fn_scaled", attention="sageattn", tiled=True) -> dict:
+def _kijai(blocks=20, prefetch=1, quant="fp8_e4m3fn_scaled", attention="sageattn", tiled=True, split=12) -> dict:
     hi, lo = "Wan2_2-T2V-A14B_HIGH_fp8_e4m3fn_scaled_KJ.safetensors", "Wan2_2-T2V-A14B-LOW_fp8_e4m3fn_scaled_KJ.safetensors"
     nodes = [
         _n(1, "WanVideoBlockSwap", [blocks, False, False, True, 0, prefetch, False], outputs=["BLOCKSWAPARGS"]),
@@ -228,10 +228,10 @@ def _kijai(blocks=20, prefetch=1, quant="fp8_e4m3fn_scaled", attention="sageattn
         _n(5, "LoadWanVideoT5TextEncoder", ["umt5-xxl-enc-bf16.safetensors", "bf16", "offload_device", "disabled"], outputs=["WANTEXTENCODER"]),
         _n(6, "WanVideoTextEncode", ["a cat", "blurry", True], inputs=[("t5", "WANTEXTENCODER", 5)], outputs=["WANVIDEOTEXTEMBEDS"]),
         _n(7, "WanVideoEmptyEmbeds", [832, 480, 81], outputs=["WANVIDIMAGE_EMBEDS"]),
-        _n(8, "WanVideoSampler", [20, 3.5, 8.0, 1, "fixed", True, "unipc", 0, 1.0],
+        _n(8, "WanVideoSampler", [20, 3.5, 8.0, 1, "fixed", True, "unipc", 0, 1.0, False, "comfy", 0, split, False],
            inputs=[("model", "WANVIDEOMODEL", 5), ("image_embeds", "WANVIDIMAGE_EMBEDS", 6), ("text_embeds", "WANVIDEOTEXTEMBEDS", 7)],
            outputs=["LATENT"]),
-        _n(9, "WanVideoSampler", [20, 3.5, 8.0, 1, "fixed", True, "unipc", 0, 1.0],
+        _n(9, "WanVideoSampler", [20, 3.5, 8.0, 1, "fixed", True, "unipc", 0, 1.0, False, "comfy", split, -1, False],
            inputs=[("model", "WANVIDEOMODEL", 8), ("image_embeds", "WANVIDIMAGE_EMBEDS", 9), ("text_embeds", "WANVIDEOTEXTEMBEDS", 10),
                    ("samples", "LATENT", 11)], outputs=["LATENT"]),
         _n(10, "WanVideoVAELoader", ["Wan2_1_VAE_bf16.safetensors", "bf16"], outputs=["WANVAE"]),
@@ -250,6 +250,7 @@ def test_kijai_graph_settings():
     assert (p["runtime"], p["variant"], p["width"], p["height"], p["frames"], p["steps"]) == ("kijai", "t2v_a14b", 832, 480, 81, 20)
     assert (p["offload"], p["blocks_to_stream"], p["prefetch_blocks"], p["attention"], p["compile"]) == ("blocks", 20, 1, "sage", True)
     assert (p["weight_dtype"], p["fp8_compute"], p["vae_tiled"], p["shift"]) == ("fp8_e4m3fn", False, True, 8.0)
+    assert p["high_noise_steps"] == 12               # end_step of the high-noise sampler / start_step of the low one
     e = estimate_pipeline(p, get_gpu("rtx4090"))
     assert e.plan.runtime == "kijai" and e.plan.blocks_to_stream == 20
     assert any("modelled from source, not measured" in n for n in e.notes)
