@@ -468,3 +468,31 @@ def test_estimate_graph_one_call_per_workflow(tmp_path):
     again = estimate_graph(data, g, calibration_path=cal)
     assert again[0]["calibrated"].startswith("calibrated on this GPU: 1 run")
     assert again[0]["estimate"]["time_s"]["denoise"] == pytest.approx(0.8 * out[0]["estimate"]["time_s"]["denoise"], rel=0.01)
+
+
+def test_native_forward_against_comfyui_measured_on_h100_and_h200():
+    """bench/speed.py ran ComfyUI's own WanModel forward (config 'comfy', bf16, eager) on an H100 and an H200
+    (raw JSON in bench/results): the comfy_native estimate of one forward and of its activation memory."""
+    from wanmeter.estimator.calibration import load_calibration
+    from wanmeter.estimator.memory import activation_bytes
+    from wanmeter.estimator.runtimes import resolve
+    from wanmeter.estimator.sizes import GIB, compute_sizes
+    from wanmeter.estimator.timing import forward_time
+
+    cal = load_calibration()
+    checked = 0
+    for f in sorted((ROOT / "bench" / "results").glob("2026-11-22_h*/speed_NVIDIA_*.json")):
+        gpu = get_gpu("h200" if "H200" in f.name else "h100_sxm")
+        for r in json.loads(f.read_text())["results"]:
+            if r["config"] != "comfy":
+                continue
+            W, H, F = map(int, r["size"].split("x"))
+            w = Workload(variant=r["variant"], width=W, height=H, frames=F, steps=1, cfg=1.0)
+            p, _ = resolve(w, Plan(runtime="comfy_native"), gpu, cal)
+            s = compute_sizes(w, p, cal)
+            assert forward_time(s, w, p, gpu, cal).total == pytest.approx(r["seconds"], rel=0.06), (f.name, r["case"])
+            if r["variant"] != "ti2v_5b":   # the TI2V speed run uses one timestep per sample: its peak is not comparable
+                act = r["peak_vram_gib"] - s.expert_bytes / GIB
+                assert activation_bytes(s, w, p, cal) / GIB == pytest.approx(act, rel=0.08), (f.name, r["case"])
+            checked += 1
+    assert checked == 6

@@ -116,6 +116,12 @@ def resolve(w: Workload, plan: Plan, gpu: GpuSpec, cal: Calibration) -> tuple[Pl
     return plan, []
 
 
+def activation_factor(p: Plan, cal: Calibration) -> float:
+    """ComfyUI's Wan forward keeps fewer live activations than the diffusers model the estimator's activation
+    term was fitted on (measured ratio, calibration.json); other runtimes: 1."""
+    return float(_c(cal, "activation_fraction")) if p.runtime == "comfy_native" else 1.0
+
+
 def transfers_hidden(p: Plan, cal: Calibration) -> bool:
     """Whether streamed blocks' copies overlap compute: WanMeter prefetches; ComfyUI 0.3.64 copies
     synchronously unless --async-offload; kijai's block swap overlaps only with prefetch_blocks > 0."""
@@ -151,5 +157,5 @@ def decode_residents(dec: dict[str, float], w: Workload, p: Plan, s: Sizes, cal:
     return {k: v for k, v in out.items() if v > 0 or k == "VAE decode"}
 
 
-__all__ = ["RUNTIMES", "RUNTIME_LABEL", "SOURCE_NOTE", "resolve", "native_plan", "kijai_plan", "transfers_hidden",
+__all__ = ["activation_factor", "RUNTIMES", "RUNTIME_LABEL", "SOURCE_NOTE", "resolve", "native_plan", "kijai_plan", "transfers_hidden",
            "stream_rate_bytes_per_s", "comfy_memory_required", "comfy_vae_decode_estimate", "decode_residents"]
