@@ -13,6 +13,7 @@ from typing import Any
 from .calibration import Calibration, load_calibration
 from .gpus import GpuSpec
 from .memory import ram_breakdown, vram_peak, vram_phases
+from .runtimes import resolve as resolve_runtime
 from .sizes import GIB, compute_sizes
 from .timing import attention_backend, fp8_compute_active, layout_of, phase_times, skipped_fraction
 from .workload import Plan, Workload
@@ -129,7 +130,8 @@ class Estimate:
         """JSON-ready summary (for --json and the HTTP route)."""
         r = lambda x, n=3: None if x is None else round(float(x), n)  # noqa: E731
         return {
-            "gpu": self.gpu.key, "gpu_name": self.gpu.name, "plan": self.plan.describe(),
+            "gpu": self.gpu.key, "gpu_name": self.gpu.name, "gpu_measured": self.gpu.measured,
+            "runtime": self.plan.runtime, "plan": self.plan.describe(),
             "plan_fields": {k: getattr(self.plan, k) for k in self.plan.__dataclass_fields__},
             "fits": self.fits, "vram_peak_gib": r(self.vram_peak_gib, 2), "vram_limit_gib": r(self.vram_limit_gib, 2),
             "vram_peak_phase": self.vram_peak_phase,
@@ -192,8 +194,11 @@ def estimate(workload: Workload, plan: Plan, gpu: GpuSpec, prices: Prices | floa
              videos_per_month: int = DEFAULT_VIDEOS_PER_MONTH, cal: Calibration | None = None) -> Estimate:
     """VRAM, RAM, time and cost of `workload` on `gpu` run as `plan` (see module doc)."""
     cal = cal or load_calibration()
-    s = compute_sizes(workload, plan, cal)
     notes: list[str] = []
+    if plan.runtime != "wanmeter":  # ComfyUI native / kijai: the plan that runtime ends up with (runtimes.py)
+        plan, rt_notes = resolve_runtime(workload, plan, gpu, cal)
+        notes += rt_notes
+    s = compute_sizes(workload, plan, cal)
     if plan.fp8_compute and not fp8_compute_active(plan, gpu):
         notes.append("fp8 compute needs fp8 weights and a GPU with fp8 tensor cores: estimated as bf16 compute"
                      if gpu.has_fp8 else f"{gpu.name} has no fp8 tensor cores: estimated as bf16 compute")
@@ -219,6 +224,9 @@ def estimate(workload: Workload, plan: Plan, gpu: GpuSpec, prices: Prices | floa
         notes.append("denoise time raised to the FLOP floor")
         t.denoise = floor
     notes += path_notes(workload, plan, gpu, cal, t.denoise, s)
+    if not gpu.measured:
+        notes.append(f"{gpu.name} is not measured: its datasheet rates x efficiencies measured on H100/H200 "
+                     "or assumed (see data/calibration.json)")
     trace = [f"tokens {s.tokens_per_clip[0]} ({workload.width}x{workload.height}x{workload.frames}), "
              f"{t.forwards} forwards ({'/'.join(map(str, workload.expert_steps()))} steps per expert, cfg "
              f"{'/'.join('on' if c > 1 else 'off' for c in workload.cfg)})"

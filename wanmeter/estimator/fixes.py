@@ -179,9 +179,12 @@ def rank_gpus(workload: Workload, plan: Plan, *, gpus: dict[str, GpuSpec] | None
         else:
             out.append(Ranked(g, e, False, []))
 
+    unvalidated = set(cal.v("ranking.unvalidated_archs"))
+
     def order(r: Ranked):
+        # GPUs whose software stack nothing was measured on (ROCm) rank after the others: see calibration.json
         c = r.cost_per_video
-        return (not r.fits, c is None, c if c is not None else 0.0, r.estimate.per_video_s)
+        return (not r.fits, r.gpu.arch in unvalidated, c is None, c if c is not None else 0.0, r.estimate.per_video_s)
 
     out.sort(key=order)
     return out

@@ -41,6 +41,7 @@ class GpuSpec:
     price_source: str = ""
     price_date: str | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    measured: bool = False          # WanMeter's runs were made on this GPU (else: datasheet x assumed efficiencies)
 
     @property
     def peak_bf16_tflops(self) -> float:
@@ -99,7 +100,7 @@ def _spec(key: str, d: dict[str, Any], reserved_discount: float) -> GpuSpec:
         spot_per_hour=None if d.get("spot_per_hour") is None else float(d["spot_per_hour"]),
         reserved_per_hour=None if reserved is None else float(reserved),
         price_source=str(d.get("price_source", "")), price_date=d.get("price_date"),
-        aliases=tuple(str(a) for a in d.get("aliases", ())),
+        aliases=tuple(str(a) for a in d.get("aliases", ())), measured=d.get("measured") is True,
     )
 
 

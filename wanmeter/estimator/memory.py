@@ -10,6 +10,7 @@ from .calibration import Calibration
 from .gpus import GpuSpec
 from .flops import heads
 from .parallel import gpu_layout
+from .runtimes import activation_factor, decode_residents
 from .sizes import GIB, Sizes
 from .workload import Plan, Workload
 
@@ -37,6 +38,7 @@ def activation_bytes(s: Sizes, w: Workload, p: Plan, cal: Calibration) -> float:
     act = float(cal.v("activations.bytes_per_token_channel"))
     if p.compile:
         act *= float(cal.v("compile.activation_fraction"))
+    act *= activation_factor(p, cal)  # ComfyUI's own Wan model (runtimes.py); 1 for WanMeter
     b = n * d * act
     if w.variant == "ti2v_5b":
         b += n * 6 * d * float(cal.v("activations.modulation_bytes_per_token"))
@@ -89,7 +91,7 @@ def vram_phases(s: Sizes, w: Workload, p: Plan, cal: Calibration) -> dict[str, d
         dec["DiT weights (resident)"] = dit
     if te_kept:
         dec["text encoder weights"] = s.te_bytes
-    phases["decode"] = dec
+    phases["decode"] = decode_residents(dec, w, p, s, cal)  # ComfyUI native unloads models first (runtimes.py)
     return phases
 
 

@@ -13,6 +13,7 @@ from .calibration import Calibration
 from .flops import heads
 from .gpus import GpuSpec
 from .parallel import GpuLayout, gpu_layout, ulysses_overhead
+from .runtimes import stream_rate_bytes_per_s, transfers_hidden
 from .sizes import GIB, Sizes
 from .workload import Plan, Workload
 
@@ -114,8 +115,10 @@ def forward_time(s: Sizes, w: Workload, p: Plan, gpu: GpuSpec, cal: Calibration,
     if p.offload == "blocks" and p.blocks_to_stream > 0:
         n = min(p.blocks_to_stream, layers)
         per_block_compute = (t.linear + t.attention + t.elementwise + t.weight_cast) / layers
-        xfer = s.block_bytes / (gpu.host_link_gbps * 1e9)
+        xfer = s.block_bytes / stream_rate_bytes_per_s(p, gpu, cal)
         ovh = float(cal.v("streaming.overhead_s_per_block"))
+        if not transfers_hidden(p, cal):  # ComfyUI partial loading / kijai swap without prefetch (runtimes.py)
+            per_block_compute = 0.0
         t.streaming = n * (max(0.0, xfer - per_block_compute) + ovh)
         t.trace.append(f"streaming {n} blocks x (max(0, {xfer * 1e3:.1f} ms transfer - {per_block_compute * 1e3:.1f} ms compute)"
                        f" + {ovh * 1e3:.1f} ms) = {t.streaming:.3f} s")

@@ -20,7 +20,8 @@ ATTENTION = calibration_keys()
 TE_DTYPES = ("bf16", "fp16", "fp32", "fp8_e4m3fn")
 VAE_DTYPES = ("bf16", "fp16", "fp32")
 STEP_CACHES = ("none", "first_block", "taylorseer")
-PARALLEL_SCHEMES = ("auto", "cfg", "ulysses", "cfg_ulysses")   # wanmeter/parallel/layout.py SCHEMES
+PARALLEL_SCHEMES = ("auto", "cfg", "ulysses", "cfg_ulysses")
+RUNTIMES = ("wanmeter", "comfy_native", "kijai")  # estimator/runtimes.py models the other two   # wanmeter/parallel/layout.py SCHEMES
 
 LIMITS = {"width": (64, 4096), "height": (64, 4096), "frames": (1, 1025), "steps": (1, 1000),
           "batch": (1, 64), "loras": (0, 32), "lora_rank": (1, 1024), "s2v_clips": (1, 100), "num_gpus": (1, 64)}
@@ -145,6 +146,8 @@ class Plan:
     cache_skip_fraction: float = 0.0  # share of forwards the cache skips: user-set, not predicted (see docs)
     parallel_scheme: str = "auto"    # how num_gpus split the work (wanmeter/parallel/layout.py)
     shard_weights: bool = False      # FSDP: each GPU keeps 1/num_gpus of the weights
+    runtime: str = "wanmeter"        # who runs the graph: "wanmeter" | "comfy_native" | "kijai" (estimator/runtimes.py)
+    prefetch_blocks: int | None = None  # streamed blocks copied ahead (None: the runtime's own behaviour)
     fused_rotary: bool = True        # our fused-rotary self-attention processor (CUDA runtime since 2026-11-22);
     #                                  False re-estimates runs of diffusers' own processor (older saved runs)
 
@@ -158,6 +161,10 @@ class Plan:
         if self.compute == "fp8" or self.fp8_compute:
             object.__setattr__(self, "compute", "fp8")
             object.__setattr__(self, "fp8_compute", True)
+        _check_choice("runtime", self.runtime, RUNTIMES)
+        pf = self.prefetch_blocks
+        if pf is not None and (isinstance(pf, bool) or not isinstance(pf, int) or not 0 <= pf <= 64):
+            raise WanMeterError(f"prefetch_blocks={pf!r} must be a whole number 0..64, or unset.")
         _check_choice("step_cache", self.step_cache, STEP_CACHES)
         _check_choice("parallel_scheme", self.parallel_scheme, PARALLEL_SCHEMES)
         v = self.cache_skip_fraction
@@ -191,7 +198,8 @@ class Plan:
         return replace(self, **kw)
 
     def describe(self) -> str:
-        parts = [self.weight_dtype + (" fp8-compute" if self.compute == "fp8" else "")]
+        parts = [] if self.runtime == "wanmeter" else [{"comfy_native": "ComfyUI native", "kijai": "kijai wrapper"}[self.runtime]]
+        parts.append(self.weight_dtype + (" fp8-compute" if self.compute == "fp8" else ""))
         parts.append({"none": "no offload", "model": "model offload"}.get(
             self.offload, f"stream {self.blocks_to_stream} blocks"))
         parts.append(f"attn {self.attention}")
