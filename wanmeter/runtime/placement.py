@@ -280,17 +280,19 @@ class _PinnedParking:
         """Empty contiguous CPU tensors shaped like `tensors`, views into shared chunks."""
         sizes = [t.numel() * t.element_size() for t in tensors]
         order = sorted(range(len(tensors)), key=lambda i: -sizes[i])
+        total = sum(-(-n // _ALIGN) * _ALIGN for n in sizes)
+        chunk = min(_CHUNK, 1 << max(total - 1, 1).bit_length())   # small models: one chunk of their size
         chunks: list[list] = []          # [buffer, used bytes]
         out: list[torch.Tensor | None] = [None] * len(tensors)
         for i in order:
             n, t = sizes[i], tensors[i]
             padded = -(-n // _ALIGN) * _ALIGN
-            if n > _CHUNK:
+            if n > chunk:
                 buf, off = self._chunk(n), 0
             else:
-                slot = next((c for c in chunks if c[1] + padded <= _CHUNK), None)
+                slot = next((c for c in chunks if c[1] + padded <= chunk), None)
                 if slot is None:
-                    slot = [self._chunk(_CHUNK), 0]
+                    slot = [self._chunk(chunk), 0]
                     chunks.append(slot)
                 buf, off = slot[0], slot[1]
                 slot[1] += padded
@@ -413,7 +415,10 @@ class Placement:
             if options.offload == "none":
                 _move_resident(model, self.device, set(), False)
             else:
-                _move_resident(model, _CPU, set(), False)
+                if not (options.pinned_swap and options.offload == "model"):
+                    _move_resident(model, _CPU, set(), False)
+                # with pinned_swap + "model", parking below copies straight from wherever the weights are
+                # (a model built or loaded on the GPU goes out by one pinned copy, not a pageable .to())
                 if options.offload == "blocks":
                     n = int(options.blocks_to_stream)
                     self._streamed[i] = _stream_blocks(model, n, self.device, options.record_stream)
