@@ -276,28 +276,26 @@ class _PinnedParking:
         self.pinned_bytes += n
         return torch.empty(n, dtype=torch.uint8, pin_memory=self.pin)
 
-    def _alloc(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Empty contiguous CPU tensors shaped like `tensors`, views into shared chunks."""
+    def _pack(self, tensors: list[torch.Tensor]) -> list[tuple[int, list[tuple[int, int]]]]:
+        """First-fit-decreasing packing: [(chunk bytes, [(tensor index, byte offset), ...]), ...]."""
         sizes = [t.numel() * t.element_size() for t in tensors]
         order = sorted(range(len(tensors)), key=lambda i: -sizes[i])
         total = sum(-(-n // _ALIGN) * _ALIGN for n in sizes)
         chunk = min(_CHUNK, 1 << max(total - 1, 1).bit_length())   # small models: one chunk of their size
-        chunks: list[list] = []          # [buffer, used bytes]
-        out: list[torch.Tensor | None] = [None] * len(tensors)
+        chunks: list[list] = []          # [chunk bytes, used bytes, members]
         for i in order:
-            n, t = sizes[i], tensors[i]
+            n = sizes[i]
             padded = -(-n // _ALIGN) * _ALIGN
             if n > chunk:
-                buf, off = self._chunk(n), 0
-            else:
-                slot = next((c for c in chunks if c[1] + padded <= chunk), None)
-                if slot is None:
-                    slot = [self._chunk(chunk), 0]
-                    chunks.append(slot)
-                buf, off = slot[0], slot[1]
-                slot[1] += padded
-            out[i] = buf[off:off + n].view(t.dtype).view(t.shape)
-        return out  # type: ignore[return-value]
+                chunks.append([n, n, [(i, 0)]])
+                continue
+            slot = next((c for c in chunks if c[0] == chunk and c[1] + padded <= chunk), None)
+            if slot is None:
+                slot = [chunk, 0, []]
+                chunks.append(slot)
+            slot[2].append((i, slot[1]))
+            slot[1] += padded
+        return [(c[0], c[2]) for c in chunks]
 
     def _is_current(self, key: str, t: torch.Tensor, module: nn.Module | None = None) -> bool:
         """Is `t` the master itself, or the device copy we made of it (so the master is up to date)?"""
@@ -327,22 +325,36 @@ class _PinnedParking:
     def _repark(self, current: list[tuple]) -> None:
         # drop the old masters first: their chunks go back to torch's pinned cache and are reused below
         self.masters, self.onloaded, self.pinned_bytes = {}, {}, 0
+        slots, pending = [s for s, _t in current], list(current)
+        current.clear()   # hold each old tensor in one place only, so it can be freed once copied
         fresh = []
-        for s, t in current:
+        for s, t in pending:
             if self.pin and t.device.type == "cpu" and t.is_contiguous() and t.is_pinned():
                 self.masters[s[0]] = t          # already page-locked (e.g. parked by an earlier placement)
                 self.pinned_bytes += t.numel() * t.element_size()
             else:
                 fresh.append((s, t))
-        dsts = self._alloc([t for _s, t in fresh])
+        pending.clear()
+        t = None
         on_gpu = False
-        for (s, t), dst in zip(fresh, dsts):
-            on_gpu |= t.device.type == "cuda"
-            dst.copy_(t, non_blocking=self.pin and t.device.type == "cuda")
-            self.masters[s[0]] = dst
+        # chunk by chunk, and a CPU source is released as soon as it is copied: host RAM holds at most
+        # one chunk more than the expert (a pageable expert is not held twice while it is pinned)
+        for size, members in self._pack([t for _s, t in fresh]):
+            buf = self._chunk(size)
+            for i, off in members:
+                s, t = fresh[i]
+                fresh[i] = (s, None)
+                n = t.numel() * t.element_size()
+                dst = buf[off:off + n].view(t.dtype).view(t.shape)
+                on_gpu |= t.device.type == "cuda"
+                dst.copy_(t, non_blocking=self.pin and t.device.type == "cuda")
+                self.masters[s[0]] = dst
+                if t.device.type == "cpu":
+                    _slot_set(*s[1:], dst)
+                del t
         if on_gpu:
             torch.cuda.synchronize()
-        for s, _t in current:
+        for s in slots:
             _slot_set(*s[1:], self.masters[s[0]])
         self.copies_out += len(fresh)
         _host_empty_cache()
