@@ -63,3 +63,22 @@ def test_planner_pins_only_when_the_ram_estimate_is_known_to_fit():
     assert apply_plan(roomy.plan).runtime_options(device="cpu").pinned_swap
     unknown = plan_for(W, 24 * GIB, None, g)
     assert not unknown.plan.pinned_swap and not apply_plan(unknown.plan).pinned_swap
+
+
+def test_saved_whole_video_run_is_reproduced_by_todays_estimator():
+    """bench/results/2026-12-01_h200/whole_video.json (H200, measured): the fast path's composed 40-step video
+    vs estimate(), per video and first video (pinning + compilation), within 15%; keeps the README table true."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("wanmeter_bench_whole_video", root / "bench" / "whole_video.py")
+    wv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wv)
+    res = json.loads((root / "bench/results/2026-12-01_h200/whole_video.json").read_text(encoding="utf-8"))
+    row = next(r for r in res["rows"] if r["config"] == "ours_fast")
+    c = wv.compose(row, res["full_steps"]["high"], res["full_steps"]["low"], res["text_encode_s"])
+    est = wv.estimator_rows(wv.STEPS_FULL)["ours_fast"]
+    assert est["per_video_s"] == pytest.approx(c["per_video_40_s"], rel=0.15)
+    assert est["first_video_s"] == pytest.approx(c["first_video_40_s"], rel=0.15)
