@@ -5,8 +5,11 @@ and estimated vs the official Wan2.2 timing table.
     python bench/accuracy.py --dry-run  # CPU, tiny sizes: exercises the script; table 2 is exact either way
 
 Table 1: one forward of diffusers' WanTransformer3DModel (full-size random weights built on the
-GPU; our sampler is not needed) per configuration: seconds and peak VRAM (max_memory_allocated)
-vs estimate()'s per-forward time and its sampling-phase tensors. One configuration runs under a
+GPU) per configuration, with the attention the runtime applies for the plan (wanmeter.runtime's
+apply_attention, as the sampler's placement does: on CUDA our fused-rotary self-attention
+processor over the plan's backend, which is what estimate() models with Plan.fused_rotary=True):
+seconds and peak VRAM (max_memory_allocated) vs estimate()'s per-forward time and its
+sampling-phase tensors. One configuration runs under a
 VRAM budget (torch.cuda.set_per_process_memory_fraction) with the plan suggest_fixes() chose.
 Table 2: estimate() with the official script's settings vs the official README table.
 Both tables print with % errors and go to $OUT (or bench/results)/accuracy_<gpu>.json.
@@ -33,6 +36,9 @@ from wanmeter.estimator.calibration import load_calibration  # noqa: E402
 from wanmeter.estimator.memory import vram_phases  # noqa: E402
 from wanmeter.estimator.sizes import GIB, compute_sizes  # noqa: E402
 from wanmeter.estimator.timing import forward_time  # noqa: E402
+from wanmeter.accel.wan_attention import installed_kind  # noqa: E402
+from wanmeter.memplan.apply import ATTENTION  # noqa: E402
+from wanmeter.runtime.attention import apply_attention  # noqa: E402
 from wanmeter.variants import variant  # noqa: E402
 
 # (name, variant, width, height, frames, plan fields). None of these sizes/modes is a calibration point
@@ -52,7 +58,6 @@ CONFIGS = [
     ("ti2v 1280x704x61 stream 15 blocks", "ti2v_5b", 1280, 704, 61, {"offload": "blocks", "blocks_to_stream": 15}),
     ("ti2v 704x1280x121 budget 12 GiB", "ti2v_5b", 704, 1280, 121, {"budget_gib": 12.0}),
 ]
-SDPA = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}
 
 
 def pct(est: float, meas: float) -> float | None:
@@ -129,7 +134,8 @@ def run_config(env: cb.Env, cfg, gpu, cache: dict) -> dict:
     budget = plan_kw.get("budget_gib")
     w, p, desc = config_plan(cfg, gpu)
     row = {"config": name, "plan": desc}
-    est_s, est_gib = predicted(w, p, gpu)
+    # what runs on CUDA is the fused-rotary processor (Plan.fused_rotary=True, the default); on CPU the stock one
+    est_s, est_gib = predicted(w, replace(p, fused_rotary=env.device.type == "cuda"), gpu)
     row.update(est_s=est_s, est_gib=est_gib)
     kw = cb.dit_kwargs(var, env)
     needs_fresh = p.weight_dtype != "bf16" or p.offload == "blocks"
@@ -155,18 +161,14 @@ def run_config(env: cb.Env, cfg, gpu, cache: dict) -> dict:
         ballast = torch.empty(nbytes, dtype=torch.uint8, device=env.device)
     inputs = cb.dit_inputs(kw, cb.latent_geometry(var, w_, h_, f_, env), env, per_token_t=var == "ti2v_5b")
     fn = cb.forward_fn(model, inputs)
-    backend = p.attention if p.attention != "sdpa" else None
+    # the runtime's own attention for this plan (backend + our processor on CUDA), as the sampler applies it
+    row["attention_applied"] = apply_attention(model, ATTENTION[p.attention], env.device)
+    row["processor"] = installed_kind(model) or "diffusers"
     try:
         if budget and not env.dry:
             torch.cuda.set_per_process_memory_fraction(budget * GIB / torch.cuda.get_device_properties(0).total_memory)
         env.reset_peak()
-        if backend in SDPA and not env.dry:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            with sdpa_kernel(getattr(SDPBackend, SDPA[backend])):
-                sec = cb.timed(env, fn)
-        else:
-            sec = cb.timed(env, fn)
+        sec = cb.timed(env, fn)
         row.update(meas_s=sec, meas_gib=env.peak() / GIB, ok=True)
     except torch.cuda.OutOfMemoryError as e:
         row.update(meas_s=None, meas_gib=None, ok=False, error=f"OOM: {str(e).splitlines()[0][:200]}")
@@ -216,6 +218,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     env = cb.Env(args.dry_run or bool(args.recheck))
     t0 = time.time()
+    saved: dict = {}
     if args.recheck:
         saved = json.loads(Path(args.recheck).read_text(encoding="utf-8"))
         gpu = get_gpu(args.gpu or saved.get("estimated_for") or "h200")
@@ -255,7 +258,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     tag = "recheck" if args.recheck else ("dryrun" if env.dry else (env.gpu_key or "gpu"))
     (out / f"accuracy_{tag}.json").write_text(json.dumps(
-        {"device": env.gpu_name, "estimated_for": gpu.key, "measured": rows, "official": off, "fused_rotary": True,
+        {"device": env.gpu_name, "estimated_for": gpu.key, "measured": rows, "official": off,
+         "fused_rotary": (saved.get("fused_rotary", False) if args.recheck else not env.dry),
+         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
          "seconds": time.time() - t0}, indent=1, default=str), encoding="utf-8")
     print(f"[accuracy] wrote {out}/accuracy_{tag}.json in {time.time() - t0:.0f} s")
     return 0

@@ -111,7 +111,9 @@ def test_memory_savers_save_memory():
     assert estimate(w, Plan(offload="model"), g).vram_peak_gib < base.vram_peak_gib
     peaks = [estimate(w, Plan(offload="blocks", blocks_to_stream=n), g).vram_peak_gib for n in (0, 10, 20, 40)]
     assert peaks == sorted(peaks, reverse=True)
-    times = [estimate(w, Plan(offload="blocks", blocks_to_stream=n), g).per_video_s for n in (0, 10, 20, 40)]
+    # with pinned swaps, every streamed block costs time; with pageable swaps (1.5 GB/s out, measured) streaming
+    # a block from pinned memory can beat moving it with the resident part, so only the pinned order is fixed
+    times = [estimate(w, Plan(offload="blocks", blocks_to_stream=n, pinned_swap=True), g).per_video_s for n in (0, 10, 20, 40)]
     assert times == sorted(times)
     assert estimate(w, Plan(offload="model"), g).ram_gib > estimate(w, Plan(), g).ram_gib  # both experts parked
 

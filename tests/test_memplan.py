@@ -27,6 +27,10 @@ def _brute_force(w: Workload, vram: float, ram: float, gpu, weights):
             e = estimate(w, p, gpu)
             if e.fits and e.ram_fits is not False and (best is None or e.per_video_s < best.per_video_s - 1e-3):
                 best = e
+            if p.offload != "none":  # pinned expert swaps, taken only when the RAM estimate is known to fit
+                e = estimate(w, p.with_(pinned_swap=True), gpu)
+                if e.fits and e.ram_fits is True and (best is None or e.per_video_s < best.per_video_s - 1e-3):
+                    best = e
     return best
 
 

@@ -117,6 +117,13 @@ def ram_breakdown(s: Sizes, w: Workload, p: Plan, cal: Calibration) -> dict[str,
         out["text encoder (parked)"] = s.te_bytes / GIB
     if p.offload == "none":
         out["DiT load staging (one file)"] = s.expert_bytes / GIB
+    elif p.pinned_swap:  # every expert's resident part stays in pinned masters, also while on the GPU
+        from .timing import pinned_masters_bytes
+
+        out[f"DiT experts' pinned masters ({s.experts})"] = pinned_masters_bytes(s, p) / GIB
+        if p.offload == "blocks":
+            n = min(p.blocks_to_stream, s.shape.num_layers)
+            out[f"streamed blocks, pinned ({s.experts} x {n})"] = s.experts * n * s.block_bytes / GIB
     elif p.offload == "model":
         out[f"DiT experts parked ({s.experts})"] = s.experts * s.expert_bytes / GIB
     else:

@@ -7,6 +7,7 @@ matmul rate x calibrated fractions, so no term can beat FLOPs / peak.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .calibration import Calibration
@@ -171,13 +172,80 @@ class PhaseTimes:
     forwards: int
 
 
+# ---------------------------------------------------------------- whole-model moves, first-call costs
+# Measured on an H200 host with bench/swap_compile_load.py and bench/whole_video.py
+# (bench/results/2026-12-01_h200/); constants and their sources in calibration.json "swap", "compile".
+
+def model_move_seconds(nbytes: float, direction: str, pinned: bool, gpu: GpuSpec, cal: Calibration) -> float:
+    """Seconds to move a whole model of `nbytes` host->device ("in") or device->host ("out").
+
+    Pageable (nn.Module.to): host-bound rates, the copy out allocating fresh CPU memory (1.5 GB/s
+    measured, the slow half of a swap). Pinned (RuntimeOptions.pinned_swap): the DMA rate of the
+    host link in; nothing out (the pinned master is still valid, so the device copy is dropped)."""
+    if pinned:
+        if direction == "out":
+            return 0.0
+        return nbytes / (gpu.host_link_gbps * 1e9 * float(cal.v("swap.pinned_fraction_of_link")))
+    key = "swap.pageable_h2d_gbps" if direction == "in" else "swap.pageable_d2h_gbps"
+    return nbytes / (float(cal.v(key)) * 1e9)
+
+
+def expert_transfer_seconds(s: Sizes, p: Plan, gpu: GpuSpec, cal: Calibration) -> tuple[float, str]:
+    """Per video, moving the DiT experts' resident weights under offload model/blocks: each expert
+    comes in once and goes out once (video n ends on the low-noise expert; video n+1 swaps back)."""
+    if p.offload == "none":
+        return 0.0, ""
+    if p.offload == "model":
+        moved = s.expert_bytes
+    else:  # the resident part leaves the GPU for text encoding / decode, like "model"
+        moved = s.expert_bytes - min(p.blocks_to_stream, s.shape.num_layers) * s.block_bytes
+    t_in = model_move_seconds(moved, "in", p.pinned_swap, gpu, cal)
+    t_out = model_move_seconds(moved, "out", p.pinned_swap, gpu, cal)
+    total = s.experts * (t_in + t_out)
+    how = "pinned" if p.pinned_swap else "pageable"
+    return total, (f"expert moves ({how}): {s.experts} x ({moved / 1e9:.1f} GB in {t_in:.2f} s + out {t_out:.2f} s)"
+                   f" = {total:.2f} s per video")
+
+
+def pinned_masters_bytes(s: Sizes, p: Plan) -> float:
+    """Pinned RAM of the experts' masters: whole 1 GiB chunks (wanmeter.runtime.placement)."""
+    if not p.pinned_swap or p.offload == "none":
+        return 0.0
+    if p.offload == "model":
+        per = s.expert_bytes
+    else:
+        per = s.expert_bytes - min(p.blocks_to_stream, s.shape.num_layers) * s.block_bytes
+    return s.experts * math.ceil(per / GIB * PINNED_PACKING) * GIB
+
+
+PINNED_PACKING = 1.02   # first-fit packing slack: 26.67 GiB -> 28 chunks, 13.58 GiB -> 14 (measured)
+
+
+def first_call_seconds(s: Sizes, p: Plan, cal: Calibration) -> tuple[float, list[str]]:
+    """Once per session, on top of reading the files: copying the experts into pinned masters
+    (pinned_swap) and compiling (compile=True: once per resolution; the second expert reuses the
+    compiled block, measured no recompile)."""
+    t, trace = 0.0, []
+    pinned = pinned_masters_bytes(s, p)
+    if pinned:
+        park = pinned / (float(cal.v("swap.pin_gbps")) * 1e9)
+        t += park
+        trace.append(f"pinning {pinned / GIB:.0f} GiB of expert masters / {cal.v('swap.pin_gbps')} GB/s = {park:.1f} s")
+    if p.compile:
+        c = float(cal.v("compile.first_call_s"))
+        if p.fp8_compute or p.attention == "8bit":
+            c += float(cal.v("compile.fast_paths_extra_s"))
+        t += c
+        trace.append(f"first compiled step: +{c:.1f} s of compilation")
+    return t, trace
+
+
 def phase_times(s: Sizes, w: Workload, p: Plan, gpu: GpuSpec, cal: Calibration) -> PhaseTimes:
-    host = gpu.host_link_gbps * 1e9
-    pageable = host * float(cal.v("streaming.pageable_fraction_of_link"))
     disk = float(cal.v("overhead.disk_gbps")) * 1e9
-    # Cold load: every file read from disk once, then what lives on the GPU crosses the host link.
+    # Cold load: every file read from disk once, then what lives on the GPU crosses the host link;
+    # plus pinning and compilation, once per session (first_call_seconds).
     files = s.experts * s.expert_bytes + s.te_bytes + s.vae_bytes
-    load = files / disk
+    load = files / disk + first_call_seconds(s, p, cal)[0]
     # Text encoding.
     tokens = s.prompts * 512
     te_flops = 2.0 * (s.te_params - float(cal.v("text_encoder.embedding_params"))) * tokens
@@ -188,11 +256,8 @@ def phase_times(s: Sizes, w: Workload, p: Plan, gpu: GpuSpec, cal: Calibration) 
     # Per-video host<->GPU moves of whole models.
     transfers = 0.0
     if p.text_encoder_device == "gpu" and p.text_encoder_unload:
-        transfers += s.te_bytes / pageable
-    if p.offload == "model":
-        transfers += s.experts * s.expert_bytes / pageable
-    elif p.offload == "blocks":  # the resident part leaves the GPU for text encoding / decode, like "model"
-        transfers += s.experts * (s.expert_bytes - min(p.blocks_to_stream, s.shape.num_layers) * s.block_bytes) / pageable
+        transfers += model_move_seconds(s.te_bytes, "in", False, gpu, cal)  # brought back in for each video
+    transfers += expert_transfer_seconds(s, p, gpu, cal)[0]
     # Denoising.
     parts = {k: 0.0 for k in ("linear", "attention", "elementwise", "weight_cast", "streaming", "communication", "step_overhead")}
     fwd_counts = forwards_per_expert(w)
@@ -227,4 +292,4 @@ def phase_times(s: Sizes, w: Workload, p: Plan, gpu: GpuSpec, cal: Calibration) 
                       denoise_parts=parts, per_forward=first or ForwardTime(), forwards=n_fwd)
 
 
-__all__ = ["phase_times", "forward_time", "layout_of", "skipped_fraction", "fp8_compute_active", "matmul_rate", "attention_rate", "GIB"]
+__all__ = ["phase_times", "model_move_seconds", "expert_transfer_seconds", "first_call_seconds", "pinned_masters_bytes", "forward_time", "layout_of", "skipped_fraction", "fp8_compute_active", "matmul_rate", "attention_rate", "GIB"]

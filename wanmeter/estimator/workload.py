@@ -150,11 +150,13 @@ class Plan:
     prefetch_blocks: int | None = None  # streamed blocks copied ahead (None: the runtime's own behaviour)
     fused_rotary: bool = True        # our fused-rotary self-attention processor (CUDA runtime since 2026-11-22);
     #                                  False re-estimates runs of diffusers' own processor (older saved runs)
+    pinned_swap: bool = False        # offload model/blocks: experts parked in pinned RAM (RuntimeOptions.pinned_swap):
+    #                                  swaps at the pinned link rate, no copy out (timing.expert_transfer_time)
 
     def __post_init__(self) -> None:
         _check_choice("weight_dtype", self.weight_dtype, WEIGHT_DTYPES)
         _check_choice("compute", self.compute, COMPUTE)
-        for n in ("fp8_compute", "compile", "shard_weights", "fused_rotary"):
+        for n in ("fp8_compute", "compile", "shard_weights", "fused_rotary", "pinned_swap"):
             if not isinstance(getattr(self, n), bool):
                 raise WanMeterError(f"{n} must be true or false, got {getattr(self, n)!r}.")
         # compute="fp8" and fp8_compute=True are one switch; keep both spellings in step.

@@ -22,6 +22,7 @@ class AppliedPlan:
     dit_weight_dtype: weight_dtype for load_dit (None for GGUF: the file's quantization is kept).
     offload / blocks_to_stream / attention: RuntimeOptions fields.
     text_encoder_device: "cpu" or "gpu"; text_encoder_unload: free it from the GPU after encoding.
+    pinned_swap: RuntimeOptions.pinned_swap (experts parked in pinned RAM; plan_for turns it on when RAM fits).
     """
 
     dit_weight_dtype: str | None
@@ -34,6 +35,7 @@ class AppliedPlan:
     vae_tiled: bool
     vae_dtype: str
     gguf_type: str | None = None
+    pinned_swap: bool = False
 
     def loader_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for wanmeter.loader.load_dit / load_expert_pair."""
@@ -44,7 +46,7 @@ class AppliedPlan:
         from ..runtime import RuntimeOptions
 
         return RuntimeOptions(device=device, offload=self.offload, blocks_to_stream=self.blocks_to_stream,
-                              attention=self.attention)
+                              attention=self.attention, pinned_swap=self.pinned_swap)
 
 
 def apply_plan(plan: Plan) -> AppliedPlan:
@@ -61,4 +63,5 @@ def apply_plan(plan: Plan) -> AppliedPlan:
         vae_tiled=plan.vae_tiled,
         vae_dtype=plan.vae_dtype,
         gguf_type=plan.weight_dtype if plan.is_gguf else None,
+        pinned_swap=plan.pinned_swap and plan.offload != "none",
     )

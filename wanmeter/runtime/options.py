@@ -38,6 +38,10 @@ class RuntimeOptions:
         to each expert once it is on the device. step_cache is None or
         {"kind": "first_block" | "taylorseer" | "mag", "threshold": ...}. fp8_compute and compile
         are not available with offload="blocks" (streamed weights change device every step).
+    pinned_swap: with "model"/"blocks", keep each expert's resident weights in page-locked CPU
+        memory for the whole run, so an expert swap is one DMA copy in and no copy out (see
+        wanmeter.runtime.placement). Costs all experts' bytes of pinned RAM; the planner turns it on
+        when its RAM estimate fits (wanmeter.memplan).
     """
 
     device: str = "auto"
@@ -49,6 +53,7 @@ class RuntimeOptions:
     fp8_compute: bool = False
     compile: bool = False
     step_cache: dict | None = None
+    pinned_swap: bool = False
 
     def validate(self) -> None:
         if self.offload not in OFFLOAD_MODES:
@@ -69,6 +74,11 @@ class RuntimeOptions:
             raise WanMeterError(
                 "fp8_compute and compile cannot be combined with offload='blocks' (streamed weights move every "
                 "step); use offload='model' or 'none', or turn them off."
+            )
+        if self.pinned_swap and self.offload == "none":
+            raise WanMeterError(
+                "pinned_swap only applies with offload='model' or 'blocks' (with 'none' nothing is swapped); "
+                "turn it off or choose an offload mode."
             )
         if self.compute_dtype is not None and self.compute_dtype not in _DTYPES:
             raise WanMeterError(

@@ -16,6 +16,18 @@ Three offload modes (see RuntimeOptions):
   also offloads the embeddings and the head.
 On CPU the same hooks are installed without a stream (onload/offload are no-ops), so the tests
 exercise every code path.
+
+Pinned swap (RuntimeOptions.pinned_swap, with "model"/"blocks"): each expert's resident tensors
+get a page-locked CPU master copy that lives as long as the placement (`_PinnedParking`). Bringing
+an expert in is one DMA copy per tensor from the master (no pageable staging); sending it out drops
+the device copy and points the parameters back at the master, with no copy at all when the device
+tensors are the ones we copied in (the runtime never edits weights in place on the device: LoRA
+merges run after `teardown()`, and fast paths that replace tensors make them "new", which are
+copied out once). Measured on an H200 (bench/swap_compile_load.py): see calibration.json
+`swap.*`. Costs: both experts' bytes stay in pinned RAM (the pageable path holds the same bytes,
+pageable), in 256 MiB chunks (torch's pinned allocator rounds each allocation up to a power of
+two, so one tensor per allocation would waste up to half). On a CPU device the same code runs with
+ordinary memory (the "device" copy is a clone), which is what the tests exercise.
 """
 from __future__ import annotations
 
@@ -192,20 +204,177 @@ def _offload_streamed_groups(model: nn.Module) -> None:
             hook.group.offload_()
 
 
+def _resident_slots(model: nn.Module, streamed: set[int], all_streamed: bool) -> list[tuple]:
+    """(key, module, kind, name) of every parameter ("p") / buffer ("b") not streamed by hooks."""
+    if all_streamed:
+        return []
+    skip = tuple(f"blocks.{i}" for i in streamed)
+    out = []
+    for mname, module in model.named_modules():
+        if skip and any(mname == s or mname.startswith(s + ".") for s in skip):
+            continue
+        for n, p in module._parameters.items():
+            if p is not None:
+                out.append((f"{mname}.{n}", module, "p", n))
+        for n, b in module._buffers.items():
+            if b is not None:
+                out.append((f"{mname}.{n}", module, "b", n))
+    return out
+
+
+def _slot_get(module: nn.Module, kind: str, name: str) -> torch.Tensor:
+    t = module._parameters[name] if kind == "p" else module._buffers[name]
+    return t.data if kind == "p" else t
+
+
+def _slot_set(module: nn.Module, kind: str, name: str, t: torch.Tensor) -> None:
+    if kind == "p":
+        module._parameters[name].data = t   # keeps the Parameter object (hooks and optimizers hold it)
+    else:
+        module._buffers[name] = t
+
+
 def _move_resident(model: nn.Module, device: torch.device, streamed: set[int], all_streamed: bool) -> None:
     """Move every parameter/buffer that is not streamed by hooks to `device` (keeps Parameter identity)."""
-    if all_streamed:
-        return
-    skip = {f"blocks.{i}" for i in streamed}
-    for name, module in model.named_modules():
-        if any(name == s or name.startswith(s + ".") for s in skip):
-            continue
-        for p in module.parameters(recurse=False):
-            if p.device != device:
-                p.data = p.data.to(device)
-        for key, b in list(module._buffers.items()):
-            if b is not None and b.device != device:
-                module._buffers[key] = b.to(device)
+    for _key, module, kind, name in _resident_slots(model, streamed, all_streamed):
+        t = _slot_get(module, kind, name)
+        if t.device != device:
+            _slot_set(module, kind, name, t.to(device))
+
+
+_CHUNK = 1 << 30    # pinned chunk: a power of two, so torch's pinned allocator wastes nothing and reuses it
+_ALIGN = 512
+
+
+def _layerwise_cast(module: nn.Module) -> bool:
+    reg = getattr(module, "_diffusers_hook", None)
+    return reg is not None and reg.get_hook("layerwise_casting") is not None
+
+
+def _host_empty_cache() -> None:
+    """Give cached, unused pinned blocks back to the OS (torch keeps freed pinned memory cached)."""
+    fn = getattr(torch._C, "_host_emptyCache", None)
+    if fn is not None and torch.cuda.is_available():
+        fn()
+
+
+class _PinnedParking:
+    """Page-locked CPU master copies of one expert's resident tensors (see the module doc).
+
+    pin=False (a CPU compute device) uses ordinary memory and clones on "onload", so CPU tests run
+    the same bookkeeping. Tensors are packed first-fit-decreasing into 1 GiB chunks.
+    """
+
+    def __init__(self, pin: bool) -> None:
+        self.pin = pin
+        self.masters: dict[str, torch.Tensor] = {}
+        self.onloaded: dict[str, tuple] = {}
+        self.pinned_bytes = 0      # bytes of the chunks holding the masters
+        self.copies_out = 0        # device -> master copies made (0 after the first park when nothing changed)
+
+    def _chunk(self, n: int) -> torch.Tensor:
+        self.pinned_bytes += n
+        return torch.empty(n, dtype=torch.uint8, pin_memory=self.pin)
+
+    def _pack(self, tensors: list[torch.Tensor]) -> list[tuple[int, list[tuple[int, int]]]]:
+        """First-fit-decreasing packing: [(chunk bytes, [(tensor index, byte offset), ...]), ...]."""
+        sizes = [t.numel() * t.element_size() for t in tensors]
+        order = sorted(range(len(tensors)), key=lambda i: -sizes[i])
+        total = sum(-(-n // _ALIGN) * _ALIGN for n in sizes)
+        chunk = min(_CHUNK, 1 << max(total - 1, 1).bit_length())   # small models: one chunk of their size
+        chunks: list[list] = []          # [chunk bytes, used bytes, members]
+        for i in order:
+            n = sizes[i]
+            padded = -(-n // _ALIGN) * _ALIGN
+            if n > chunk:
+                chunks.append([n, n, [(i, 0)]])
+                continue
+            slot = next((c for c in chunks if c[0] == chunk and c[1] + padded <= chunk), None)
+            if slot is None:
+                slot = [chunk, 0, []]
+                chunks.append(slot)
+            slot[2].append((i, slot[1]))
+            slot[1] += padded
+        return [(c[0], c[2]) for c in chunks]
+
+    def _is_current(self, key: str, t: torch.Tensor, module: nn.Module | None = None) -> bool:
+        """Is `t` the master itself, or the device copy we made of it (so the master is up to date)?"""
+        m = self.masters.get(key)
+        if m is None:
+            return False
+        if t.device.type == "cpu" and t.data_ptr() == m.data_ptr() and t.shape == m.shape and t.dtype == m.dtype:
+            return True
+        rec = self.onloaded.get(key)
+        if rec is None:
+            return False
+        if rec == (t.data_ptr(), str(t.device), t.dtype, tuple(t.shape)):
+            return True
+        # diffusers' layerwise casting re-creates each weight at every forward (storage -> compute -> storage
+        # dtype, exact for fp8 values), so a new tensor of the same dtype and shape still equals the master.
+        return module is not None and _layerwise_cast(module) and rec[1:] == (str(t.device), t.dtype, tuple(t.shape))
+
+    def offload(self, slots: list[tuple]) -> None:
+        """Point every slot at its master; copy out only when some tensor is new or was replaced."""
+        current = [(s, _slot_get(*s[1:])) for s in slots]
+        if current and all(self._is_current(s[0], t, s[1]) for s, t in current):
+            for s, _t in current:
+                _slot_set(*s[1:], self.masters[s[0]])
+            return
+        self._repark(current)
+
+    def _repark(self, current: list[tuple]) -> None:
+        # drop the old masters first: their chunks go back to torch's pinned cache and are reused below
+        self.masters, self.onloaded, self.pinned_bytes = {}, {}, 0
+        slots, pending = [s for s, _t in current], list(current)
+        current.clear()   # hold each old tensor in one place only, so it can be freed once copied
+        fresh = []
+        for s, t in pending:
+            if self.pin and t.device.type == "cpu" and t.is_contiguous() and t.is_pinned():
+                self.masters[s[0]] = t          # already page-locked (e.g. parked by an earlier placement)
+                self.pinned_bytes += t.numel() * t.element_size()
+            else:
+                fresh.append((s, t))
+        pending.clear()
+        t = None
+        on_gpu = False
+        # chunk by chunk, and a CPU source is released as soon as it is copied: host RAM holds at most
+        # one chunk more than the expert (a pageable expert is not held twice while it is pinned)
+        for size, members in self._pack([t for _s, t in fresh]):
+            buf = self._chunk(size)
+            for i, off in members:
+                s, t = fresh[i]
+                fresh[i] = (s, None)
+                n = t.numel() * t.element_size()
+                dst = buf[off:off + n].view(t.dtype).view(t.shape)
+                on_gpu |= t.device.type == "cuda"
+                dst.copy_(t, non_blocking=self.pin and t.device.type == "cuda")
+                self.masters[s[0]] = dst
+                if t.device.type == "cpu":
+                    _slot_set(*s[1:], dst)
+                del t
+        if on_gpu:
+            torch.cuda.synchronize()
+        for s in slots:
+            _slot_set(*s[1:], self.masters[s[0]])
+        self.copies_out += len(fresh)
+        _host_empty_cache()
+
+    def onload(self, slots: list[tuple], device: torch.device) -> None:
+        """One asynchronous copy per tensor from its master (the caller synchronizes)."""
+        for s in slots:
+            key, t = s[0], _slot_get(*s[1:])
+            if not self._is_current(key, t) or t.device.type != "cpu":
+                if t.device != device:        # not parked (added after parking): plain move
+                    _slot_set(*s[1:], t.to(device))
+                continue
+            m = self.masters[key]
+            if device.type == "cpu":
+                d = m.clone()
+            else:
+                d = torch.empty_like(m, device=device)
+                d.copy_(m, non_blocking=True)
+            _slot_set(*s[1:], d)
+            self.onloaded[key] = (d.data_ptr(), str(d.device), d.dtype, tuple(d.shape))
 
 
 def _tensor_bytes(model: nn.Module, streamed: set[int] | None) -> tuple[int, int]:
@@ -244,6 +413,8 @@ class Placement:
         self._all_streamed: dict[int, bool] = {}
         self._fast_done: set[int] = set()
         self.fast_paths: dict[int, dict] = {}
+        self._parking: dict[int, _PinnedParking] = {}
+        self.pin_seconds = 0.0     # time spent copying experts into pinned masters (placement, fast-path changes)
 
         requested = parse_dtype(options.compute_dtype)
         dtypes = set()
@@ -256,11 +427,19 @@ class Placement:
             if options.offload == "none":
                 _move_resident(model, self.device, set(), False)
             else:
-                _move_resident(model, _CPU, set(), False)
+                if not (options.pinned_swap and options.offload == "model"):
+                    _move_resident(model, _CPU, set(), False)
+                # with pinned_swap + "model", parking below copies straight from wherever the weights are
+                # (a model built or loaded on the GPU goes out by one pinned copy, not a pageable .to())
                 if options.offload == "blocks":
                     n = int(options.blocks_to_stream)
                     self._streamed[i] = _stream_blocks(model, n, self.device, options.record_stream)
                     self._all_streamed[i] = n == len(model.blocks)
+                if options.pinned_swap:
+                    t0 = time.perf_counter()
+                    self._parking[i] = _PinnedParking(pin=self.device.type == "cuda")
+                    self._parking[i].offload(self._slots(i))
+                    self.pin_seconds += time.perf_counter() - t0
         if len(dtypes) > 1:
             raise WanMeterError(
                 f"The two experts compute in different dtypes ({sorted(map(str, dtypes))}); load both with "
@@ -302,7 +481,7 @@ class Placement:
             self._to(self.active, _CPU)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-        self._to(index, self.device)
+        self._to(index, self.device, bring_in=True)
         self._apply_fast_paths(index)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -332,12 +511,15 @@ class Placement:
         for i, model in enumerate(self.experts):
             if model is None:
                 continue
+            if i in self._parking:
+                self._to(i, _CPU)   # back onto the pinned masters (they stay pinned; a new placement adopts them)
             if i in self._streamed:
                 _offload_streamed_groups(model)
                 _remove_streaming(model)
             _move_resident(model, _CPU, set(), False)
         self._streamed.clear()
         self._all_streamed.clear()
+        self._parking.clear()
         self.active = None
 
     def describe(self) -> dict:
@@ -352,11 +534,30 @@ class Placement:
             res, stream = _tensor_bytes(model, self._streamed.get(i))
             if self._all_streamed.get(i):
                 res, stream = 0, res + stream
+            park = self._parking.get(i)
             out["experts"].append({"resident_bytes": res, "streamed_bytes": stream,
-                                   "streamed_blocks": len(self._streamed.get(i, ()))})
+                                   "streamed_blocks": len(self._streamed.get(i, ())),
+                                   "pinned_master_bytes": park.pinned_bytes if park else 0})
         return out
 
-    def _to(self, index: int, device: torch.device) -> None:
+    def _slots(self, index: int) -> list[tuple]:
+        return _resident_slots(self.experts[index], self._streamed.get(index, set()),
+                               self._all_streamed.get(index, False))
+
+    def _to(self, index: int, device: torch.device, bring_in: bool | None = None) -> None:
+        """Move expert `index`'s resident tensors: in to the compute device or out to CPU memory.
+        bring_in defaults to "device is not the CPU"; the sampler passes it (a CPU compute device)."""
         model = self.experts[index]
-        if model is not None:
+        if model is None:
+            return
+        bring_in = device.type != "cpu" if bring_in is None else bring_in
+        park = self._parking.get(index)
+        if park is None:
             _move_resident(model, device, self._streamed.get(index, set()), self._all_streamed.get(index, False))
+        elif not bring_in:
+            t0, n0 = time.perf_counter(), park.copies_out
+            park.offload(self._slots(index))
+            if park.copies_out != n0:
+                self.pin_seconds += time.perf_counter() - t0
+        else:
+            park.onload(self._slots(index), device)
