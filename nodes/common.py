@@ -19,7 +19,7 @@ WANMETER_VAE = "WANMETER_VAE"
 
 NONE_CHOICE = "none"
 
-WEIGHT_DTYPES = ["bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2"]
+WEIGHT_DTYPES = ["bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2", "file"]  # file: keep the file's format (comfy_quant stays quantized)
 COMPUTE_DTYPES = ["bf16", "fp16"]
 OFFLOAD_MODES = ["none", "model", "blocks", "auto"]
 ATTENTION_MODES = ["auto", "sdpa", "sdpa_flash", "sdpa_cudnn", "sage", "flash", "8bit"]
