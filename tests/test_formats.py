@@ -306,3 +306,13 @@ def test_unsupported_comfy_format_named(files, tmp_path):
     save_file(sd, str(tmp_path / "convrot.safetensors"), metadata=meta)
     with pytest.raises(WanMeterError, match=r"convrot.safetensors.*convrot_w4a4.*does not run"):
         inspect_dit(tmp_path / "convrot.safetensors")
+
+
+def test_auto_plan_source_of_quantized_files(files):
+    """The node's offload=auto plans a comfy_quant file as decodable float weights (bf16 / fp8)."""
+    from wanmeter.memplan import source_of
+    from wanmeter.memplan.auto import weight_candidates
+
+    for name, _ in CQ.values():
+        src = source_of(inspect_dit(files[name]))
+        assert weight_candidates(src)[0] in ("bf16", "fp16"), (name, src)

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_SAFETENSORS = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2",
-                "I8": "int8", "MXFP8": "mxfp8", "NVFP4": "nvfp4"}  # the last three: ComfyUI comfy_quant files
+_SAFETENSORS = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2"}
 _GGUF_TO_PLAN = {"Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K_M": "Q5_K_M", "Q5_K_S": "Q5_K_M", "Q5_0": "Q5_K_M",
                  "Q5_1": "Q5_K_M", "Q4_K_M": "Q4_K_M"}
 
