@@ -39,17 +39,23 @@ class WanMeterLoRA:
         key = str(unique_id) if unique_id is not None else f"anon{len(merged)}"
         if merged.get(key) == spec:
             return (model,)
+        _check_expert_hint(lora, apply_to, len(model.experts))
         experts = list(model.experts)
         _unplace(model)
+        old = merged.get(key)
+        todo = []
+        if old is not None:  # this node ran before on the same model: take its LoRA out first
+            todo.append(LoraSpec(old.path, -old.strength, old.apply_to))
+        if strength != 0:
+            todo.append(spec)
         try:
-            old = merged.pop(key, None)
-            if old is not None:  # this node ran before on the same model: take its LoRA out first
-                merge_loras(experts, [LoraSpec(old.path, -old.strength, old.apply_to)])
-            if strength != 0:
-                merge_loras(experts, [spec])
+            # one atomic merge: taking the old LoRA out and putting the new one in are validated
+            # together, so a bad LoRA leaves the (upstream-cached) model exactly as it was
+            merge_loras(experts, todo)
         except BaseException:
             c.release_memory()
             raise
+        merged.pop(key, None)
         merged[key] = spec
         src = getattr(model, "wanmeter_source", None)
         if src is not None:
@@ -57,6 +63,20 @@ class WanMeterLoRA:
 
             model.wanmeter_source = replace(src, loras=tuple(merged.values()))
         return (model,)
+
+
+def _check_expert_hint(lora: str, apply_to: str, experts: int) -> None:
+    """A14B LoRAs come as a high-noise and a low-noise file (lightx2v `..._HIGH_...`, kijai
+    `..._high_noise_...`): refuse the one that names the other expert than apply_to."""
+    from ..wanmeter.accel import lora_expert_hint
+
+    hint = lora_expert_hint(lora)
+    if experts < 2 or hint is None or apply_to == "both":
+        return
+    if apply_to != f"{hint}_noise":
+        raise WanMeterError(f"{lora} is named for the {hint}-noise expert but apply_to is {apply_to}. Set apply_to to "
+                            f"{hint}_noise (and load the {'low' if hint == 'high' else 'high'}-noise LoRA file in a "
+                            "second WanMeter LoRA node for the other expert).")
 
 
 def _lora_files() -> list[str]:

@@ -52,13 +52,12 @@ def expert_indices(num_experts: int, apply_to: str) -> list[int]:
 
 
 def merge_loras(experts: list[Any], loras: tuple[LoraSpec, ...] | list[LoraSpec]) -> None:
-    """Merge each LoRA into the experts it targets (before fp8 compute; the engine refuses fp8 weights)."""
-    from ..wanmeter.accel import merge_lora
+    """Merge each LoRA into the experts it targets (before fp8 compute; the engine refuses fp8 weights).
+    All-or-nothing: every LoRA is validated against every expert before any weight changes."""
+    from ..wanmeter.accel import merge_loras_atomic
 
-    for lo in loras:
-        for i in expert_indices(len(experts), lo.apply_to):
-            if experts[i] is not None:
-                merge_lora(experts[i], lo.path, float(lo.strength))
+    merge_loras_atomic([(experts[i], lo.path, float(lo.strength)) for lo in loras
+                        for i in expert_indices(len(experts), lo.apply_to) if experts[i] is not None])
 
 
 class BundleFactory:

@@ -91,7 +91,7 @@ def test_model_loader_widgets(pack):
     assert "readme.txt" not in models
     assert req["optional"]["model_low_noise"][0][0] == "none"
     assert req["optional"]["model_low_noise"][1]["default"] == "none"
-    assert req["required"]["weight_dtype"][0] == ["bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2"]
+    assert req["required"]["weight_dtype"][0] == ["bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2", "file"]
     assert req["required"]["compute_dtype"][0] == ["bf16", "fp16"]
     assert set(req["required"]["offload"][0]) == {"none", "model", "blocks", "auto"}
     assert req["required"]["blocks_to_stream"][1]["min"] == 0 and req["required"]["blocks_to_stream"][1]["max"] == 40

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 from .errors import WanMeterError
 
 # modules (relative to this package) with add_subcommands(subparsers)
-PLUGINS: list[str] = [".estimator.cli_estimate", ".fleet.cli"]
+PLUGINS: list[str] = [".estimator.cli_estimate", ".fleet.cli", ".loader.audit"]
 
 _DEMO_PROMPT = "a red fox walks slowly through a snowy forest at dawn"
 _DEMO_SIZE = (64, 64)      # tiny VAEs decode slowly on CPU: keep the demo at seconds

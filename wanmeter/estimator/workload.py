@@ -11,7 +11,7 @@ from ..attention_kernels import calibration_key, calibration_keys
 from ..errors import WanMeterError
 from ..variants import variant, variant_names
 
-WEIGHT_DTYPES = ("bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2", "int8", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M")
+WEIGHT_DTYPES = ("bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2", "int8", "mxfp8", "nvfp4", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M")
 GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M")
 COMPUTE = ("bf16", "fp16", "fp8")
 OFFLOAD = ("none", "model", "blocks")

@@ -22,12 +22,12 @@ from typing import Any
 
 from .. import variants as _variants
 from ..errors import WanMeterError
-from . import dit_keys
+from . import comfy_quant, dit_keys
 from .fp8_scaled import MARKER, is_scaled_fp8
 from .safetensors_io import TensorMeta, read_header, strip_prefix
 
 TINY_DIM_LIMIT = 1024  # dims below this are tiny test models, not releases
-_AUX_SUFFIXES = (".scale_weight", ".scale_input")
+_AUX_SUFFIXES = (".scale_weight", ".scale_input") + comfy_quant.AUX_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class DiTInfo:
     tiny: bool = False                 # a tiny test model (dim < 1024)
     expert_hint: str | None = None     # "high" / "low" from the path name; a hint only, never used for detection
     keys_format: str = "official"      # "official" or "diffusers" key names inside the files
+    quant: dict[str, str] = field(default_factory=dict)  # ComfyUI comfy_quant layers: {official layer: format}
     tensors: dict[str, TensorMeta] = field(default_factory=dict, repr=False, compare=False)
     sources: dict[str, tuple[Path, str]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -96,8 +97,15 @@ def inspect_dit(path: str | os.PathLike) -> DiTInfo:
     prefix = strip_prefix(hdr.tensors)
     tensors = {k[len(prefix):]: v for k, v in hdr.tensors.items()}
     sources = {k[len(prefix):]: (p, k) for k in hdr.tensors}
+    quant: dict[str, str] = {}
+    if comfy_quant.is_comfy_quant(tensors, hdr.metadata):
+        quant = comfy_quant.quant_layers(tensors, hdr.metadata, name=p.name)
+        for group, fmt in quant.items():  # the weight as the model sees it (NVFP4 packs 2 values per byte)
+            m = tensors[f"{group}.weight"]
+            tensors[f"{group}.weight"] = TensorMeta(comfy_quant.FORMATS[fmt].label,
+                                                    comfy_quant.logical_shape(fmt, m.shape), m.offsets)
     return _build_info(p, tensors, sources, layout="single_file", file_bytes=hdr.file_bytes,
-                       files=(p,), prefix=prefix)
+                       files=(p,), prefix=prefix, quant=quant)
 
 
 def inspect_gguf(path: str | os.PathLike) -> DiTInfo:
@@ -248,7 +256,7 @@ def _expert_hint(p: Path) -> str | None:
 
 def _build_info(p: Path, tensors: dict[str, TensorMeta], sources: dict[str, tuple[Path, str]], *,
                 layout: str, file_bytes: int, files: tuple[Path, ...], prefix: str,
-                keys_format: str = "official") -> DiTInfo:
+                keys_format: str = "official", quant: dict[str, str] | None = None) -> DiTInfo:
     keys = list(tensors)
     if not keys:
         raise WanMeterError(f"{p.name} holds no tensors. Download it again.")
@@ -341,4 +349,4 @@ def _build_info(p: Path, tensors: dict[str, TensorMeta], sources: dict[str, tupl
         dtype=max(dtypes, key=lambda d: dtypes[d]), dtypes=dtypes,
         scaled_fp8=is_scaled_fp8(keys), param_count=sum(dtypes.values()), file_bytes=file_bytes,
         files=files, key_prefix=prefix, tiny=tiny, expert_hint=_expert_hint(p), keys_format=keys_format,
-        tensors=tensors, sources=sources)
+        tensors=tensors, sources=sources, quant=dict(quant or {}))

@@ -21,9 +21,11 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import WanMeterError
-from . import dit_keys
+from . import comfy_quant, dit_keys
 from .dit_inspect import DiTInfo, find_expert_folders, inspect_dit
 from .fp8_scaled import dequantize_scaled_fp8
+
+KEEP_FILE_FORMAT = "file"  # weight_dtype that keeps the file's storage (comfy_quant stays quantized)
 
 WEIGHT_DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
@@ -67,6 +69,12 @@ def parse_dtype(value: str | torch.dtype, *, what: str = "weight_dtype") -> torc
     raise WanMeterError(f"{what}={value!r} is not supported. Use one of: {', '.join(WEIGHT_DTYPES)}.")
 
 
+def file_weight_dtype(info: DiTInfo) -> str:
+    """The weight_dtype that stores a (non-quantized-layer) file's weights as the file does."""
+    return {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8_e4m3fn",
+            "F8_E5M2": "fp8_e5m2"}.get(info.dtype, "bf16")
+
+
 def build_empty_transformer(config: dict[str, Any]):
     """`WanTransformer3DModel(**config)` with parameters on the meta device (no memory, no init);
     the non-persistent RoPE tables are real CPU buffers."""
@@ -82,7 +90,9 @@ def iter_official_tensors(info: DiTInfo, *, dtype: torch.dtype | None = None,
     """Yield (official key, tensor) for every model tensor, one at a time, fp8_scaled dequantized.
 
     Scales and the fp8 marker are consumed, not yielded. `dtype=None` keeps the on-disk dtype for
-    unscaled tensors (scaled ones come out float32). Used by load_dit and by the S2V loader.
+    unscaled tensors (scaled ones come out float32). ComfyUI comfy_quant layers (fp8 / int8 /
+    MXFP8 / NVFP4) are decoded the same way (float32, cut to the logical shape).
+    Used by load_dit and by the S2V loader.
     """
     from safetensors import safe_open
 
@@ -96,7 +106,15 @@ def iter_official_tensors(info: DiTInfo, *, dtype: torch.dtype | None = None,
             raise WanMeterError(f"cannot open {f.name}: {e}. Download it again.") from None
         with handle as h:
             for k in keys:
-                if k == "scaled_fp8" or k.endswith((".scaled_fp8", ".scale_weight", ".scale_input")):
+                if k == "scaled_fp8" or k.endswith((".scaled_fp8", ".scale_weight", ".scale_input")) or comfy_quant.is_aux(k):
+                    continue
+                group = k[: -len(".weight")] if k.endswith(".weight") else None
+                if group is not None and group in info.quant:
+                    from .comfy_quant_load import read_quant_parts
+
+                    fmt, parts = read_quant_parts(h, info, group)
+                    t = comfy_quant.dequantize_layer(fmt, parts, info.tensors[k].shape, layer=group, name=info.path.name)
+                    yield k, (t if dtype is None else _cast(t, dtype)).to(device)
                     continue
                 t = h.get_tensor(info.sources[k][1])
                 scale_key = k[: -len(".weight")] + ".scale_weight" if k.endswith(".weight") else None
@@ -153,12 +171,19 @@ def load_dit(path: str | os.PathLike | DiTInfo, *, weight_dtype: str | torch.dty
     if info.layout == "gguf":  # weights stay quantized; weight_dtype only picks the compute dtype
         from .gguf_loader import load_gguf_dit
 
-        wd = None if str(weight_dtype).startswith(("fp8", "torch.float8")) else weight_dtype
+        wd = None if str(weight_dtype).startswith(("fp8", "torch.float8", KEEP_FILE_FORMAT)) else weight_dtype
         return load_gguf_dit(info, compute_dtype=compute_dtype or wd, device=device)
     if info.variant == "s2v_14b":
         raise WanMeterError(
             f"{info.path.name} is Wan2.2 S2V-14B; diffusers has no S2V transformer, so it is loaded by "
             "WanMeter's S2V loader (wanmeter.s2v / the S2V model loader node), not load_dit.")
+    if str(weight_dtype) == KEEP_FILE_FORMAT:
+        if info.quant:  # ComfyUI comfy_quant: keep fp8 / int8 / MXFP8 / NVFP4 weights as they are
+            from .comfy_quant_load import load_quantized_dit
+
+            compute = parse_dtype(compute_dtype or "bf16", what="compute_dtype")
+            return load_quantized_dit(info, compute_dtype=compute, device=device)
+        weight_dtype = file_weight_dtype(info)
     storage = parse_dtype(weight_dtype)
     compute = parse_dtype(compute_dtype, what="compute_dtype") if compute_dtype is not None else (
         torch.bfloat16 if storage in _FP8 else storage)
@@ -170,7 +195,8 @@ def load_dit(path: str | os.PathLike | DiTInfo, *, weight_dtype: str | torch.dty
     targets = _plan_dtypes(model, storage, compute)
 
     official_keys = [k for k in info.sources
-                     if not (k == "scaled_fp8" or k.endswith((".scaled_fp8", ".scale_weight", ".scale_input")))]
+                     if not (k == "scaled_fp8" or k.endswith((".scaled_fp8", ".scale_weight", ".scale_input"))
+                             or comfy_quant.is_aux(k))]
     to_diffusers = {o: d for d, o in dit_keys.official_to_diffusers(official_keys).items()}
     expected = set(targets)
     got = set(to_diffusers.values())
@@ -190,6 +216,8 @@ def load_dit(path: str | os.PathLike | DiTInfo, *, weight_dtype: str | torch.dty
         name = to_diffusers[official]
         want = targets[name]
         meta = model.get_parameter(name)
+        if official[: -len(".weight")] in info.quant and t.ndim == 2:
+            t = t[: meta.shape[0], : meta.shape[1]]  # padded MXFP8 / NVFP4 blocks
         if tuple(t.shape) != tuple(meta.shape):
             raise WanMeterError(f"{info.path.name}: tensor {official} has shape {list(t.shape)}, expected "
                                 f"{list(meta.shape)} for this config. The file is corrupt or mixed: download it again.")

@@ -19,6 +19,7 @@ from ..errors import WanMeterError
 DTYPE_BYTES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
     "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
+    "F8_E8M0": 1,  # MXFP8 block scales (ComfyUI comfy_quant files)
 }
 _MAX_HEADER = 100 * 1024 * 1024
 
