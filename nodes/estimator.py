@@ -53,4 +53,4 @@ class WanMeterEstimator:
 
 
 NODE_CLASS_MAPPINGS = {"WanMeterEstimator": WanMeterEstimator}
-NODE_DISPLAY_NAME_MAPPINGS = {"WanMeterEstimator": "WanMeter Estimator (VRAM / time / cost)"}
+NODE_DISPLAY_NAME_MAPPINGS = {"WanMeterEstimator": "WanMeter Estimator"}  # found by the node search as typed
