@@ -10,6 +10,9 @@ Environment:
   WANMETER_COMFY_PYTHON   python that runs ComfyUI (default <checkout>/../comfy-venv/bin/python,
                           else this interpreter)
   WANMETER_CHROMIUM       Chromium binary (default /usr/bin/chromium, else `chromium` on PATH)
+  WANMETER_FRONT_END_ROOT a frontend's static folder, served instead of the venv's (--front-end-root)
+  WANMETER_FRONTEND       that frontend's version, names the artifacts folder
+  WANMETER_DOCS_IMG       1: write the README/docs screenshots into docs/img/
 """
 from __future__ import annotations
 
@@ -34,7 +37,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+# One folder per frontend (tools/e2e.sh runs the suite once per frontend version).
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / (os.environ.get("WANMETER_FRONTEND") or "default")
+DOCS_IMG = REPO / "docs" / "img"
 PACK_FOLDER = "comfyui-wanmeter"  # the folder name users get from the registry; the template browser shows it
 
 # The bundled workflows use the official file names; the tiny fixture that stands in for each.
@@ -221,6 +226,8 @@ def comfy(tmp_path_factory) -> Comfy:
     cmd = [comfy_python(checkout), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--base-directory", str(base), "--output-directory", str(output),
            "--extra-model-paths-config", str(yaml), "--database-url", "sqlite:///:memory:"]
+    if os.environ.get("WANMETER_FRONT_END_ROOT"):  # another frontend (tools/e2e.sh installs 1.58.1 for this)
+        cmd += ["--front-end-root", os.environ["WANMETER_FRONT_END_ROOT"]]
     # MALLOC_MMAP_THRESHOLD_ fixed at 64 KiB: every tensor-sized block is mmapped and unmapped on
     # free, so the process's RSS tracks live memory (glibc's default threshold grows after the
     # first large free, and freed heap memory then stays resident). The interrupt test reads RSS.
@@ -412,25 +419,51 @@ class UI:
           const w = n && (n.widgets || []).find(w => w.name === name);
           return w ? w.value : null; }""", [node_type, name])
 
-    def estimate_text(self) -> str:
-        """What the estimator node displays: the read-only textarea of its 'estimate' widget."""
-        return self.page.evaluate("""() => {
+    # The estimator draws its view on the canvas; after each paint the glue leaves the strings it
+    # drew in node.wanmeterView.texts (one per fillText): what the tests read.
+    _VIEW_JS = """() => {
           const n = app.graph._nodes.find(n => n.type === 'WanMeterEstimator');
-          const w = n && n.widgets.find(w => w.name === 'estimate');
-          if (!w) return null;
-          return w.element ? w.element.value : w.value; }""")
+          if (n) n.setDirtyCanvas && n.setDirtyCanvas(true, true);
+          return n && n.wanmeterView ? n.wanmeterView.texts.join('\\n') : null; }"""
+
+    def estimate_text(self) -> str | None:
+        """The text the estimator node drew at its last paint (one line per string drawn)."""
+        return self.page.evaluate(self._VIEW_JS)
 
     def wait_estimate(self, contains: str | None = None, differs_from: str | None = None,
-                      timeout: float = 20_000) -> str:
-        self.page.wait_for_function("""([contains, prev]) => {
+                      absent: str | None = None, timeout: float = 20_000) -> str:
+        self.page.wait_for_function("""([contains, prev, absent]) => {
           const n = app.graph._nodes.find(n => n.type === 'WanMeterEstimator');
-          const w = n && n.widgets.find(w => w.name === 'estimate');
-          const v = w ? (w.element ? w.element.value : w.value) : '';
-          if (!v || v.startsWith('WanMeter: waiting')) return false;
+          if (!n) return false;
+          app.canvas.setDirty(true, true);
+          const v = n.wanmeterView ? n.wanmeterView.texts.join('\\n') : '';
+          if (!v || v.includes('waiting for an estimate')) return false;
           if (contains !== null && !v.includes(contains)) return false;
+          if (absent !== null && v.includes(absent)) return false;
           if (prev !== null && v === prev) return false;
-          return true; }""", arg=[contains, differs_from], timeout=timeout)
+          return true; }""", arg=[contains, differs_from, absent], timeout=timeout)
         return self.estimate_text()
+
+    def click_estimate_details(self) -> None:
+        """A real click on the estimator's "details" toggle (where the view drew it)."""
+        at = self.page.evaluate("""() => {
+          const n = app.graph._nodes.find(n => n.type === 'WanMeterEstimator');
+          const v = n.wanmeterView, h = v.hits.details;
+          const c = app.canvas, r = c.canvas.getBoundingClientRect(), s = c.ds.scale;
+          return [r.x + (n.pos[0] + h.x + 20 + c.ds.offset[0]) * s,
+                  r.y + (n.pos[1] + v.top + h.y + h.h / 2 + c.ds.offset[1]) * s]; }""")
+        self.page.mouse.click(at[0], at[1])
+        self.page.wait_for_timeout(200)
+
+    def save_docs_image(self, shot: Path, name: str) -> None:
+        """With WANMETER_DOCS_IMG=1, the screenshot also goes to docs/img/ (the README's pictures)."""
+        if os.environ.get("WANMETER_DOCS_IMG") == "1":
+            DOCS_IMG.mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, DOCS_IMG / name)
+
+    def badge(self, node_id: int) -> str:
+        """The badge text the sampler drew on its title at the last paint."""
+        return self.page.evaluate("(id) => app.graph.getNodeById(id).wanmeterBadge || ''", node_id)
 
     def show_graph(self, scale: float = 0.8, left_of: str | None = None, top: float = 10) -> None:
         """Scroll and zoom the canvas for a screenshot: the graph's top left corner (or the node of
