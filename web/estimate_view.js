@@ -32,11 +32,12 @@ const PART_LABEL = { load: "load", text: "text", transfers: "transfers", denoise
 
 const num = (x) => typeof x === "number" && isFinite(x);
 
-/** GPU memory in GiB from the reply's gpu (vram_gib; today's server sends vram_gb). */
+/** GPU memory in GiB from the reply's gpu (vram_gib; today's server sends the GPU table's vram_gb,
+ * the marketing figure, which is GiB: an "80 GB" H100 has 80 GiB). */
 export function gpuCapacityGiB(r) {
   const g = (r && r.gpu) || {};
   if (num(g.vram_gib)) return g.vram_gib;
-  if (num(g.vram_gb)) return (g.vram_gb * 1e9) / 2 ** 30;
+  if (num(g.vram_gb)) return g.vram_gb;
   return num(r && r.budget_gib) ? r.budget_gib : null;
 }
 
@@ -379,7 +380,7 @@ export function layoutEstimate(r, width, opts = {}) {
     hits.details = { x: PAD, y: y - FONT_PX.small, w: measure(label, FONT.small) + 20, h: lineH("small") + 4 };
     if (opts.expanded) for (const l of detailLines(r)) para(l, "small", COLOR.text);
   }
-  y += PAD;
+  y += PAD + 6;
   return { ops, height: Math.ceil(y), texts: ops.filter((o) => o.t === "text").map((o) => o.text), hits };
 }
 

@@ -72,8 +72,11 @@ function widgetsBottom(node) {
     const h = w.computeSize ? w.computeSize(node.size[0])[1] : H;
     if (typeof y === "number") bottom = Math.max(bottom, y + h);
   }
-  const slots = Math.max((node.inputs || []).length, (node.outputs || []).length);
-  return Math.max(bottom, slots * H + n * (H + 4) + 6) + 4;
+  if (bottom > 0) return bottom + 4;
+  // Not drawn yet: slots (widgets' own input sockets do not take a row), then the widgets.
+  const inputs = (node.inputs || []).filter((i) => !i.widget).length;
+  const slots = Math.max(inputs, (node.outputs || []).length);
+  return slots * H + n * (H + 4) + 10;
 }
 
 function measureWith(ctx) {
@@ -89,7 +92,7 @@ function measuredFor(reply) {
   const entries = state.measured.entries(workflowKey());
   const lines = [];
   for (const [id, stats] of entries) {
-    const node = app.graph && app.graph.getNodeById && app.graph.getNodeById(Number(id));
+    const node = nodesOf(app.graph).find((n) => String(n.id) === id);
     const title = entries.length > 1 || ids.length > 1 ? (node && node.title) || `sampler ${id}` : "";
     lines.push(...measuredLines(stats, estimateFor(reply, id, ids), title));
   }

@@ -66,7 +66,12 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
 #  - a TypeError frontend 1.27.10 throws while registering settings at start-up (it happens
 #    with no custom nodes at all: reproduced with --disable-all-custom-nodes).
 BENIGN_404_PATHS = ("/user.css", "/api/userdata/user.css", "/favicon.ico", "/api/userdata?dir=workflows",
-                    "/api/userdata?dir=subgraphs", "/api/userdata/comfy.templates.json", "/api/settings/")
+                    "/api/userdata?dir=subgraphs", "/api/userdata/comfy.templates.json", "/api/settings/",
+                    # routes a current frontend (1.58.1) asks for that the 0.3.64 server predates
+                    "/api/global_subgraphs", "/api/jobs?")
+# Console errors a current frontend logs about those missing routes (checked by their own text).
+BENIGN_CONSOLE = ("[Jobs API] Error fetching jobs: JobsApiError: Failed to fetch jobs: 404",
+                  "Failed to fetch queue: JobsApiError: Failed to fetch jobs: 404")
 BENIGN_OFFLINE_HOSTS = ("api.comfy.org",)
 BENIGN_PAGEERRORS = (("Cannot read properties of undefined (reading 'id')", "addSetting"),)
 
@@ -300,6 +305,9 @@ class Console:
             if any(h in url for h in BENIGN_OFFLINE_HOSTS):
                 self.ignored.append(f"{text} [{url}]")
                 return
+        if text.startswith(BENIGN_CONSOLE):
+            self.ignored.append(f"{text.splitlines()[0]} [{url}]")
+            return
         self.errors.append(f"console.error: {text} [{url}]")
 
     def on_pageerror(self, err) -> None:  # noqa: ANN001
@@ -377,11 +385,11 @@ class UI:
           return app.graph._nodes.map(n => ({
             id: n.id, type: n.type, known: !!LiteGraph.registered_node_types[n.type],
             has_errors: !!n.has_errors,
-            values: (saved.find(s => s.id === n.id) || {}).widgets_values })); }""")
-        by_id = {n["id"]: n for n in got}
+            values: (saved.find(s => String(s.id) === String(n.id)) || {}).widgets_values })); }""")
+        by_id = {str(n["id"]): n for n in got}  # frontend 1.58.1 keeps dropped workflows' ids as strings
         problems = []
         for n in workflow["nodes"]:
-            g = by_id.get(n["id"])
+            g = by_id.get(str(n["id"]))
             if g is None:
                 problems.append(f"node {n['id']} {n['type']} missing from the graph")
                 continue
@@ -446,6 +454,7 @@ class UI:
 
     def click_estimate_details(self) -> None:
         """A real click on the estimator's "details" toggle (where the view drew it)."""
+        self.show_graph(scale=1.0, left_of="WanMeterEstimator", top=40, top_of="WanMeterEstimator")
         at = self.page.evaluate("""() => {
           const n = app.graph._nodes.find(n => n.type === 'WanMeterEstimator');
           const v = n.wanmeterView, h = v.hits.details;
@@ -465,22 +474,25 @@ class UI:
         """The badge text the sampler drew on its title at the last paint."""
         return self.page.evaluate("(id) => app.graph.getNodeById(id).wanmeterBadge || ''", node_id)
 
-    def show_graph(self, scale: float = 0.8, left_of: str | None = None, top: float = 10) -> None:
+    def show_graph(self, scale: float = 0.8, left_of: str | None = None, top: float = 10,
+                   top_of: str | None = None) -> None:
         """Scroll and zoom the canvas for a screenshot: the graph's top left corner (or the node of
         type `left_of`) at the top left, at `scale` (keep it above LiteGraph's low-quality zoom, so
         widget text is drawn)."""
-        self.page.evaluate("""([s, left, top]) => {
+        self.page.evaluate("""([s, left, top, topOf]) => {
           const ns = app.graph._nodes;
           const gs = app.graph._groups || app.graph.groups || [];
           const gpos = (g) => g._bounding || g.pos;
           let x = Math.min(...ns.map(n => n.pos[0]), ...gs.map(g => gpos(g)[0]));
-          const y = Math.min(...ns.map(n => n.pos[1] - 40), ...gs.map(g => gpos(g)[1]));
+          let y = Math.min(...ns.map(n => n.pos[1] - 40), ...gs.map(g => gpos(g)[1]));
           const n = left && ns.find(n => n.type === left);
           if (n) x = n.pos[0] - 20;
+          const t = topOf && ns.find(n => n.type === topOf);
+          if (t) y = t.pos[1] - 40;
           app.canvas.ds.scale = s;
           app.canvas.ds.offset[0] = -x + 10 / s;
           app.canvas.ds.offset[1] = -y + top / s;
-          app.canvas.setDirty(true, true); }""", [scale, left_of, top])
+          app.canvas.setDirty(true, true); }""", [scale, left_of, top, top_of])
         self.page.wait_for_timeout(300)
 
     def node_box(self, type_: str) -> dict:
