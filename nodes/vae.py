@@ -53,7 +53,7 @@ class WanMeterVAEDecode:
             for b in range(lat.shape[0]):
                 c.check_interrupt()
                 with torch.inference_mode():
-                    img = vae.decode(lat[b:b + 1], tiled=_tiled(vae, tiled))
+                    img = vae.decode(lat[b:b + 1], tiled=_tiled(vae, tiled), check=c.check_interrupt)
                 frames.append(img.to(device="cpu", dtype=torch.float32))
         finally:
             c.release_memory()

@@ -568,3 +568,22 @@ def test_estimate_new_settings_and_s2v(pack):
     _, base = routes.estimate_reply(_settings(gpu="H100 SXM"))
     _, fast = routes.estimate_reply(_settings(gpu="H100 SXM", fp8_compute=True, compile=True, step_cache="none"))
     assert fast["seconds_per_video"] < base["seconds_per_video"]
+
+
+def test_vae_decode_node_passes_the_interruption_check(pack, monkeypatch):
+    """WanMeter VAE Decode hands ComfyUI's interruption check to the decode (checked per chunk there)."""
+    from wanmeter.loader import vae_loader
+
+    seen = []
+
+    class FakeVAE:
+        z_dim = 16
+        tiled_default = False
+
+        def decode(self, lat, tiled=False, check=None):
+            seen.append(check)
+            return torch.zeros(1, 8, 8, 3)
+
+    assert "check" in inspect.signature(vae_loader.WanVAE.decode).parameters
+    pack.nodes.vae.WanMeterVAEDecode().decode({"samples": torch.zeros(1, 16, 1, 1, 1)}, FakeVAE(), "auto")
+    assert seen == [pack.nodes.common.check_interrupt]

@@ -245,3 +245,60 @@ def test_real_size_official_layout(wan22_ref, tmp_path, family, module, kwargs, 
     with torch.device("meta"):
         target = AutoencoderKLWan(**info.config).state_dict()
     assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in target.items()}
+
+
+# ---------------------------------------------------------------- CPU dtype and interruption (issue 14)
+
+def test_cpu_vae_runs_in_fp32_whatever_was_asked(files):
+    """On the CPU a bf16 VAE is several times slower than fp32 (no fast bf16 3-D convolutions)."""
+    from wanmeter.loader.vae_loader import vae_dtype
+
+    v = load_vae(files["vae_wan21"], dtype=torch.bfloat16, device="cpu")
+    assert v.dtype == torch.float32
+    assert {p.dtype for p in v.model.parameters()} == {torch.float32}
+    assert vae_dtype(torch.bfloat16, "cuda:0") == torch.bfloat16  # a GPU keeps the workflow's choice
+    assert vae_dtype(torch.float16, torch.device("cpu")) == torch.float32
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_decode_stops_inside_the_decode_and_frees_it(vaes, tiled):
+    """check() runs before each decoder chunk (latent frame, per tile when tiled); what it raises stops
+    the decode there, leaves no cached features, and nothing of the partial decode stays alive."""
+    import gc
+    import weakref
+
+    vae = vaes["wan21"]
+    s = vae.stride_s
+    z = torch.randn(1, vae.z_dim, 6, 6, 6, generator=torch.Generator().manual_seed(5))
+    kw = {"tiled": True, "tile_size": 4 * s, "tile_stride": 3 * s} if tiled else {}
+    calls, outputs = [], []
+    hook = vae.model.decoder.register_forward_hook(lambda m, a, out: outputs.append(weakref.ref(out)))
+    try:
+        vae.decode(z, check=lambda: calls.append(1), **kw)
+        chunks = len(calls)
+        assert chunks == (6 * 4 if tiled else 6), chunks  # once per latent frame (and tile)
+        calls.clear()
+        outputs.clear()
+
+        def stop_at_third():
+            calls.append(1)
+            if len(calls) == 3:
+                raise _Stop("interrupted")
+
+        with pytest.raises(_Stop) as info:
+            vae.decode(z, check=stop_at_third, **kw)
+    finally:
+        hook.remove()
+    assert len(calls) == 3  # stopped at once: no further chunk ran
+    assert len(outputs) == 2
+    assert all(f is None for f in vae.model._feat_map)  # the decoder's frame cache is dropped
+    del info
+    gc.collect()
+    assert all(r() is None for r in outputs), "the interrupted decode's chunks are still referenced"
+    # and the VAE decodes normally afterwards
+    assert vae.decode(z[:, :, :2], **kw).shape[0] == 5
+

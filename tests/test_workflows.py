@@ -210,3 +210,59 @@ def test_native_types_exist_in_comfyui():
     extras = "\n".join(p.read_text(encoding="utf-8") for p in (Path(comfy) / "comfy_extras").glob("*.py"))
     for t in NATIVE_WIDGETS:
         assert re.search(rf'"{t}"\s*:\s*{t}\b', text) or re.search(rf'node_id="{t}"', extras), t
+
+
+# ---------------------------------------------------------------- model downloads and thumbnails (issue 14)
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflows_carry_model_downloads(path, tool):
+    """Every model file a loader names has a download entry (name, url, directory) on that loader's
+    properties.models and in the root models list, as the official templates do: the frontend offers
+    the downloads of missing files from them."""
+    wf = json.loads(path.read_text(encoding="utf-8"))
+    root = wf.get("models")
+    assert isinstance(root, list) and root, "no root models list"
+    named = set()
+    for n in wf["nodes"]:
+        files = [v for v in n.get("widgets_values") or [] if isinstance(v, str) and v.endswith((".safetensors", ".gguf"))]
+        named |= set(files)
+        entries = n.get("properties", {}).get("models", [])
+        assert sorted(m["name"] for m in entries) == sorted(files), (n["type"], entries, files)
+        for m in entries:
+            assert set(m) == {"name", "url", "directory"}
+            assert m["url"].startswith("https://huggingface.co/Comfy-Org/") and m["url"].endswith("/" + m["name"])
+            assert m in root
+    assert sorted(m["name"] for m in root) == sorted(named)
+    dirs = {"wan_2.1_vae.safetensors": "vae", "wan2.2_vae.safetensors": "vae", tool.TEXT_ENCODER: "text_encoders",
+            tool.AUDIO_ENCODER: "audio_encoders"}
+    for m in root:
+        assert m["directory"] == dirs.get(m["name"], "diffusion_models"), m
+        assert f"/split_files/{m['directory']}/" in m["url"], m
+
+
+def test_model_downloads_equal_the_official_templates(tool):
+    """The urls are the ones the official Wan2.2 templates give (PyPI comfyui-workflow-templates-json),
+    when that package is installed."""
+    pytest.importorskip("comfyui_workflow_templates_json")
+    import comfyui_workflow_templates_json as t
+
+    official = {}
+    root = Path(t.__file__).parent / "templates"
+    for name in ("video_wan2_2_14B_t2v", "video_wan2_2_14B_i2v", "video_wan2_2_5B_ti2v", "video_wan2_2_14B_s2v"):
+        wf = json.loads((root / f"{name}.json").read_text(encoding="utf-8"))
+        nodes = list(wf["nodes"]) + [n for sg in wf.get("definitions", {}).get("subgraphs", []) for n in sg["nodes"]]
+        for n in nodes:
+            for m in (n.get("properties") or {}).get("models") or []:
+                official[m["name"]] = (m["directory"], m["url"])
+    for name, (directory, url) in tool.MODEL_DOWNLOADS.items():
+        assert official.get(name) == (directory, url), name
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_thumbnails_state_the_current_estimate(path, tool, pack):
+    """A card's figures are what the estimator gives now (the card keeps its lines in the JPEG comment;
+    the same lines are drawn). When this fails, the estimator changed: run python tools/make_workflows.py."""
+    wf = json.loads(path.read_text(encoding="utf-8"))
+    want = tool.draft_estimate_lines() if path.stem == tool.DRAFT["file"] else tool.estimate_lines(wf)
+    assert tool.card_text(path.with_suffix(".jpg")) == "\n".join(want), \
+        f"{path.with_suffix('.jpg').name} is stale: run python tools/make_workflows.py"

@@ -8,6 +8,9 @@
 #                        from COMFY_SNAPSHOT (a fetched Comfy-Org/ComfyUI git directory) by
 #                        ../shared/tools/comfy_setup.sh, which also builds the CPU venv.
 #   WANMETER_COMFY_VENV  ComfyUI's venv (default: comfy-venv next to the checkout). The tests run in it.
+#   WANMETER_FRONTENDS   frontend versions to run against (default "1.27.10 1.58.1"); a version other than
+#                        the venv's is installed into comfy-frontend-<version>/ next to the checkout and
+#                        served with --front-end-root. The first one's screenshots go to docs/img/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -50,7 +53,27 @@ if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ] && [ -z "
   fi
 fi
 
-start=$(date +%s)
-WANMETER_COMFYUI="$COMFY" WANMETER_COMFY_PYTHON="$PY" HF_HUB_OFFLINE=1 \
-  "$PY" -m pytest -q -p no:randomly tests/e2e "$@"
-echo "e2e suite: $(( $(date +%s) - start )) s; screenshots and the server log in tests/e2e/artifacts/"
+# The frontends the suite runs against: the one ComfyUI 0.3.64 pins (in the venv), and a current one
+# served with --front-end-root from its own folder (pip --target: the venv stays as it is).
+FRONTENDS=${WANMETER_FRONTENDS:-"1.27.10 1.58.1"}
+pinned=$("$PY" -c "import importlib.metadata as m; print(m.version('comfyui-frontend-package'))")
+status=0
+for fe in $FRONTENDS; do
+  root=""
+  if [ "$fe" != "$pinned" ]; then
+    dir="$(dirname "$COMFY")/comfy-frontend-$fe"
+    if [ ! -f "$dir/comfyui_frontend_package/static/index.html" ]; then
+      "$PY" -m pip install -q --no-deps --target "$dir" "comfyui-frontend-package==$fe"
+    fi
+    root="$dir/comfyui_frontend_package/static"
+  fi
+  docs=0
+  [ "$fe" = "${FRONTENDS%% *}" ] && docs=1  # the first frontend's screenshots go to docs/img/
+  echo "== frontend $fe${root:+ (--front-end-root $root)}"
+  start=$(date +%s)
+  WANMETER_COMFYUI="$COMFY" WANMETER_COMFY_PYTHON="$PY" HF_HUB_OFFLINE=1 WANMETER_FRONTEND="$fe" \
+    WANMETER_FRONT_END_ROOT="$root" WANMETER_DOCS_IMG="${WANMETER_DOCS_IMG:-$docs}" \
+    "$PY" -m pytest -q -p no:randomly tests/e2e "$@" || status=1
+  echo "e2e suite, frontend $fe: $(( $(date +%s) - start )) s; screenshots and the server log in tests/e2e/artifacts/$fe/"
+done
+exit $status

@@ -70,6 +70,30 @@ SPECS = {
 TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 AUDIO_ENCODER = "wav2vec2_large_english_fp16.safetensors"
 
+# Where ComfyUI downloads each file (Comfy-Org's repackaged files): the names, urls and folders the
+# official Wan2.2 templates give their loaders (PyPI comfyui-workflow-templates-json 0.1.123,
+# templates/video_wan2_2_14B_t2v/_i2v/_s2v, _5B_ti2v: each loader's properties.models).
+_WAN22 = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
+_WAN21 = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+MODEL_DOWNLOADS: dict[str, tuple[str, str]] = {  # file name -> (ComfyUI models folder, url)
+    **{f: ("diffusion_models", f"{_WAN22}/diffusion_models/{f}") for f in (
+        "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
+        "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors",
+        "wan2.2_ti2v_5B_fp16.safetensors", "wan2.2_s2v_14B_fp8_scaled.safetensors")},
+    TEXT_ENCODER: ("text_encoders", f"{_WAN21}/text_encoders/{TEXT_ENCODER}"),
+    "wan_2.1_vae.safetensors": ("vae", f"{_WAN22}/vae/wan_2.1_vae.safetensors"),
+    "wan2.2_vae.safetensors": ("vae", f"{_WAN22}/vae/wan2.2_vae.safetensors"),
+    AUDIO_ENCODER: ("audio_encoders", f"{_WAN22}/audio_encoders/{AUDIO_ENCODER}"),
+}
+# The widgets of our loaders that name a model file.
+MODEL_WIDGETS = {"WanMeterModelLoader": ("model", "model_low_noise"), "WanMeterTextEncoderLoader": ("text_encoder",),
+                 "WanMeterVAELoader": ("vae",), "WanMeterS2VAudio": ("audio_encoder",)}
+
+
+def model_entry(name: str) -> dict[str, str]:
+    directory, url = MODEL_DOWNLOADS[name]
+    return {"name": name, "url": url, "directory": directory}
+
 # LiteGraph geometry: a node's title bar sits above its pos (NODE_TITLE px); a group's title bar
 # is the top GROUP_TITLE px of its bounding. Groups are sized from their member nodes so their
 # title never sits under a node and every member (title bar included) is inside.
@@ -140,6 +164,9 @@ class Builder:
                                **({"cnr_id": "comfy-core"} if type_ in NATIVE else {"cnr_id": "comfyui-wanmeter"})},
                 "widgets_values": [values[w] for w in widgets],
             }
+            files = [values[w] for w in MODEL_WIDGETS.get(type_, ()) if values.get(w) not in (None, "none")]
+            if files:  # what the frontend offers to download when the file is missing
+                node["properties"]["models"] = [model_entry(f) for f in files]
         if title:
             node["title"] = title
         self.nodes.append(node)
@@ -172,11 +199,17 @@ class Builder:
                 for o in n["outputs"]:
                     if not o["links"]:
                         o["links"] = None
+        models: list[dict[str, str]] = []
+        for n in self.nodes:
+            for m in n.get("properties", {}).get("models", []):
+                if m not in models:
+                    models.append(m)
         return {
             "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"wanmeter/{key}")), "revision": 0,
             "last_node_id": len(self.nodes), "last_link_id": len(self.links),
             "nodes": self.nodes, "links": self.links, "groups": self.groups, "config": {},
             "extra": {"ds": {"scale": 0.75, "offset": [40, 60]}, "frontendVersion": "1.27.10"},
+            "models": models,
             "version": 0.4,
         }
 
@@ -184,6 +217,9 @@ class Builder:
 LOADER_SPEED_OFF = {"fp8_compute": False, "compile": False}
 SAMPLER_SPEED_OFF = {"step_cache": "none", "cache_threshold": 0.0, "num_gpus": 1}
 ESTIMATOR = {"gpu": "auto", "price_per_hour": 0.0, "videos_per_month": 100, "budget_gib": 0.0}
+# The estimator sits below the (first) sampler, where the user edits steps and size: inside the
+# workflow's saved view on a 1366 px wide screen. The web extension sets its height to what it draws.
+ESTIMATOR_POS, ESTIMATOR_SIZE = (900, 720), (440, 470)
 
 
 def build(pack, key: str) -> dict[str, Any]:
@@ -217,7 +253,7 @@ def build(pack, key: str) -> dict[str, Any]:
     cv = b.add("CreateVideo", {"fps": float(v["fps"])}, (1290, 140), (300, 80))
     sv = b.add("SaveVideo", {"filename_prefix": f"video/WanMeter_{key}", "format": "auto", "codec": "auto"},
                (1290, 260), (300, 360))
-    est = b.add("WanMeterEstimator", ESTIMATOR, (1640, 0), (440, 520))
+    est = b.add("WanMeterEstimator", ESTIMATOR, ESTIMATOR_POS, ESTIMATOR_SIZE)
     note = ("Models (ComfyUI folders):\n"
             f"- diffusion_models: {sp['model']}" + (f", {sp['model_low']}" if sp["model_low"] != "none" else "") + "\n"
             f"- text_encoders: {TEXT_ENCODER}\n- vae: {sp['vae']}\n\n"
@@ -275,7 +311,7 @@ def build_s2v(pack) -> dict[str, Any]:
     cv = b.add("CreateVideo", {"fps": float(v["fps"])}, (1290, 0), (300, 80))
     sv = b.add("SaveVideo", {"filename_prefix": f"video/WanMeter_{key}", "format": "auto", "codec": "auto"},
                (1290, 120), (300, 360))
-    est = b.add("WanMeterEstimator", ESTIMATOR, (1640, 0), (440, 520))
+    est = b.add("WanMeterEstimator", ESTIMATOR, (900, 860), ESTIMATOR_SIZE)  # below S2V Audio
     sizes = ", ".join(f"{a}x{c}" for a, c in v["sizes"])
     note = ("Models (ComfyUI folders):\n"
             f"- diffusion_models: {sp['model']}\n- text_encoders: {TEXT_ENCODER}\n- vae: {sp['vae']}\n"
@@ -350,7 +386,7 @@ def build_draft(pack) -> dict[str, Any]:
     fcv = b.add("CreateVideo", {"fps": float(v["fps"])}, (2400, 140), (300, 80))
     fsv = b.add("SaveVideo", {"filename_prefix": "video/WanMeter_final", "format": "auto", "codec": "auto"},
                 (2400, 260), (300, 360))
-    est = b.add("WanMeterEstimator", ESTIMATOR, (2770, 0), (440, 520))
+    est = b.add("WanMeterEstimator", ESTIMATOR, ESTIMATOR_POS, ESTIMATOR_SIZE)  # below the draft
     note = ("Draft then final (T2V-A14B)\n\n"
             f"1. The draft runs at {dw}x{dh} with the official settings ({v['default_steps']} steps): a fraction "
             "of the 720p cost. Judge it; change the seed or prompt until you like it.\n"
@@ -421,32 +457,30 @@ def draft_thumbnail(wf: dict[str, Any], dest: Path) -> None:
     y += 14
     d.text((28, y), "WanMeter estimate (whole video)", font=mid, fill=(90, 200, 130))
     y += 34
-    for line in draft_estimate_lines():
+    lines = draft_estimate_lines()
+    for line in lines:
         d.text((28, y), line, font=small, fill=(220, 225, 230))
         y += 28
     d.text((28, 470), "Judge a cheap draft, pay 720p only once", font=small, fill=(140, 150, 170))
-    img.save(dest, "JPEG", quality=88)
+    img.save(dest, "JPEG", quality=88, comment="\n".join(lines).encode("utf-8"))
 
 
 def draft_estimate_lines() -> list[str]:
-    try:
-        from wanmeter.draft import draft_final_cost
-        from wanmeter.estimator import Workload
+    """The draft card's lines: draft + refine against a direct 720p run (wanmeter.draft's cost model)."""
+    from wanmeter.draft import draft_final_cost
+    from wanmeter.estimator import Workload
 
-        (fw, fh), out = DRAFT["final_size"], []
-        for gpu in ("H100 SXM", "H200"):
-            c = draft_final_cost(Workload("t2v_a14b", fw, fh, 81), DRAFT["draft_size"], refine_denoise=DRAFT["denoise"],
-                                 gpu=gpu)
-            out.append(f"{gpu}: draft {c.draft_s / 60:.0f} min + refine {c.refine_s / 60:.0f} min")
-            out.append(f"   vs direct 720p {c.full_s / 60:.0f} min ({100 * c.ratio:.0f}%)")
-        return out
-    except Exception as e:  # the card works without the estimator
-        print(f"  (no estimate on the thumbnail: {type(e).__name__}: {e})")
-        return ["(estimate shown live in ComfyUI)"]
+    (fw, fh), out = DRAFT["final_size"], []
+    for gpu in ("H100 SXM", "H200"):
+        c = draft_final_cost(Workload("t2v_a14b", fw, fh, 81), DRAFT["draft_size"], refine_denoise=DRAFT["denoise"],
+                             gpu=gpu)
+        out.append(f"{gpu}: draft {c.draft_s / 60:.0f} min + refine {c.refine_s / 60:.0f} min")
+        out.append(f"   vs direct 720p {c.full_s / 60:.0f} min ({100 * c.ratio:.0f}%)")
+    return out
 
 
 def thumbnail(key: str, wf: dict[str, Any], dest: Path) -> None:
-    """A 512x512 card: variant, settings and (when the estimator is available) H100 / RTX 4090 estimates."""
+    """A 512x512 card: variant, settings and the current estimate on CARD_GPUS (also in the JPEG comment)."""
 
     from wanmeter.variants import variant as facts
 
@@ -466,29 +500,55 @@ def thumbnail(key: str, wf: dict[str, Any], dest: Path) -> None:
     y += 16
     d.text((28, y), "WanMeter estimate", font=mid, fill=(90, 200, 130))
     y += 34
-    for line in estimate_lines(wf):
+    lines = estimate_lines(wf)
+    for line in lines:
         d.text((28, y), line, font=small, fill=(220, 225, 230))
         y += 28
     d.text((28, 470), "VRAM, time and cost before you queue", font=small, fill=(140, 150, 170))
-    img.save(dest, "JPEG", quality=88)
+    img.save(dest, "JPEG", quality=88, comment="\n".join(lines).encode("utf-8"))
+
+
+CARD_GPUS = ("H100 SXM", "RTX 4090")
+
+
+def card_estimate(wf: dict[str, Any], gpu: str) -> dict[str, Any]:
+    """The estimate a workflow card states, for one GPU: the estimate reply (the web extension's
+    schema) for the workflow's widgets, as the estimator gives it now. The one call into the
+    estimator for thumbnails; tests/test_workflows.py checks the cards against it."""
+    from wanmeter.estimator.reply import estimate_graph
+
+    return estimate_graph(wf, overrides={"gpu": gpu})
+
+
+def fmt_seconds(s: float) -> str:
+    """As the node shows times (fmtSeconds in web/estimate_logic.js)."""
+    if s < 60:
+        return f"{s:.1f} s" if s < 10 else f"{round(s)} s"
+    m = int(s // 60)
+    if m < 60:
+        return f"{m} min {round(s - m * 60)} s"
+    return f"{m // 60} h {m % 60} min"
 
 
 def estimate_lines(wf: dict[str, Any]) -> list[str]:
-    """Per-GPU estimate lines from the one estimator (wanmeter.estimator.reply.estimate_graph, as the node)."""
-    try:
-        from wanmeter.estimator.reply import estimate_graph
+    """The card's estimate lines, one per GPU of CARD_GPUS, from card_estimate."""
+    out = []
+    for gpu in CARD_GPUS:
+        body = card_estimate(wf, gpu)
+        unit = "clip" if body["variant"] == "s2v_14b" else "video"
+        fit = "" if body["fits"] else " (does not fit)"
+        out.append(f"{gpu}: {fmt_seconds(body['seconds_per_video'])}, ${body['cost_per_video']:.2f}/{unit}, "
+                   f"{body['peak_vram_gib']:.0f} GiB{fit}")
+    return out
 
-        out = []
-        for gpu in ("H100 SXM", "RTX 4090"):
-            body = estimate_graph(wf, overrides={"gpu": gpu})
-            unit = "clip" if body["variant"] == "s2v_14b" else "video"
-            fit = "" if body["fits"] else " (does not fit)"
-            out.append(f"{gpu}: {body['seconds_per_video'] / 60:.0f} min, ${body['cost_per_video']:.2f}/{unit}, "
-                       f"{body['peak_vram_gib']:.0f} GiB{fit}")
-        return out
-    except Exception as e:  # the card still works without an estimate line
-        print(f"  (no estimate on the thumbnail: {type(e).__name__}: {e})")
-        return ["(estimate shown live in ComfyUI)"]
+
+def card_text(path: Path) -> str:
+    """The estimate lines a thumbnail states (kept in the JPEG's comment when it is written)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        c = im.info.get("comment", b"")
+    return c.decode("utf-8") if isinstance(c, bytes) else str(c)
 
 
 def main() -> None:

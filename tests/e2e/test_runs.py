@@ -90,6 +90,17 @@ def test_queue_writes_video_with_progress(ui, comfy, stem):
     assert done["type"] == "execution_success", f"{done}\n{comfy.log_tail()}"
     cached = next(e for e in events if e["type"] == "execution_cached")["detail"]["nodes"]
     assert sampler in [str(n) for n in cached], f"the unchanged sampler ran again (cached: {cached})"
+
+    # Another workflow loaded after the run shows no measured numbers: they were this one's (issue 14:
+    # the I2V estimator showed draft_then_final's "Measured (last run)" before anything ran).
+    other = "wan22_i2v_a14b" if stem != "wan22_i2v_a14b" else "wan22_t2v_a14b"
+    _load(ui, other)
+    text = ui.wait_estimate(contains="x")
+    assert "Measured" not in text, text
+    # and loading the workflow that ran starts it clean as well
+    _load(ui, stem)
+    text = ui.wait_estimate()
+    assert "Measured" not in text, text
     ui.console.check()
 
 
