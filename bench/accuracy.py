@@ -37,7 +37,7 @@ from wanmeter.estimator.memory import vram_phases  # noqa: E402
 from wanmeter.estimator.sizes import GIB, compute_sizes  # noqa: E402
 from wanmeter.estimator.timing import forward_time  # noqa: E402
 from wanmeter.accel.wan_attention import installed_kind  # noqa: E402
-from wanmeter.memplan.apply import ATTENTION  # noqa: E402
+from wanmeter.attention_kernels import runtime_name  # noqa: E402
 from wanmeter.runtime.attention import apply_attention  # noqa: E402
 from wanmeter.variants import variant  # noqa: E402
 
@@ -162,7 +162,7 @@ def run_config(env: cb.Env, cfg, gpu, cache: dict) -> dict:
     inputs = cb.dit_inputs(kw, cb.latent_geometry(var, w_, h_, f_, env), env, per_token_t=var == "ti2v_5b")
     fn = cb.forward_fn(model, inputs)
     # the runtime's own attention for this plan (backend + our processor on CUDA), as the sampler applies it
-    row["attention_applied"] = apply_attention(model, ATTENTION[p.attention], env.device)
+    row["attention_applied"] = apply_attention(model, runtime_name(p.attention), env.device)
     row["processor"] = installed_kind(model) or "diffusers"
     try:
         if budget and not env.dry:

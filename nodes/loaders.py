@@ -166,8 +166,10 @@ def auto_plan(info, weight_dtype: str, attention: str, fp8_compute: bool, compil
     vram, ram, gpu_key = free_memory(device)
     if vram is None:
         return "none", 0, weight_dtype, ""
-    chosen = loader_plan(info.variant, vram, ram, planner_gpu(gpu_key), source=source_of(info),
-                         base=base_plan(weight_dtype, attention, fp8_compute, compile))
+    source = source_of(info)
+    wanted = source if weight_dtype == "file" else weight_dtype   # file: the file's own precision
+    chosen = loader_plan(info.variant, vram, ram, planner_gpu(gpu_key), source=source,
+                         base=base_plan(wanted, attention, fp8_compute, compile))
     applied = apply_plan(chosen.plan)
     rt = applied.runtime_options(str(device))
     wd = applied.loader_kwargs().get("weight_dtype", weight_dtype)   # a GGUF file keeps its quantization

@@ -45,7 +45,7 @@ def choices_of(key: str) -> tuple[Any, ...] | None:
     if src == "variants":
         return tuple(variant_names())
     if src == "weight_dtypes":
-        return WEIGHT_DTYPES
+        return WEIGHT_DTYPES + ("file",)   # file: the file's own precision (settings["source"])
     if src == "attention":
         return tuple(attention_names())
     return None  # gpus: checked against the table (names and keys)
@@ -179,8 +179,11 @@ def workload_from_settings(settings: dict[str, Any]) -> tuple[Workload, Plan]:
     if offload == "blocks" and blocks < 1:
         raise WanMeterError("offload=blocks needs blocks_to_stream >= 1 (WanMeter Model Loader), or use offload=model.")
     step_cache = s.get("step_cache") or "none"
+    wd = s.get("weight_dtype") or "bf16"
+    if wd == "file":   # keep the file's format: its precision as read from the header (or the name)
+        wd = settings.get("source") if settings.get("source") in WEIGHT_DTYPES else "bf16"
     plan = Plan(
-        weight_dtype=s.get("weight_dtype") or "bf16",
+        weight_dtype=wd,
         compute="bf16",
         offload="none" if offload == "auto" else offload,
         blocks_to_stream=blocks if offload == "blocks" else 0,
