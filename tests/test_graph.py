@@ -349,6 +349,7 @@ def test_wanmeter_widget_names_match_our_node_classes(monkeypatch, tmp_path):
     spec.loader.exec_module(stubs)
     for name, mod in stubs.make_stubs(tmp_path).items():
         monkeypatch.setitem(sys.modules, name, mod)
+    sys.modules["folder_paths"].folder_names_and_paths["loras"] = ([str(tmp_path)], set())
     pack = stubs.import_pack()
     try:
         ours = json.loads((ROOT / "wanmeter" / "data" / "node_widgets.json").read_text())["wanmeter"]
