@@ -352,8 +352,7 @@ def test_wanmeter_widget_names_match_our_node_classes(monkeypatch, tmp_path):
     sys.modules["folder_paths"].folder_names_and_paths["loras"] = ([str(tmp_path)], set())
     pack = stubs.import_pack()
     try:
-        ours = json.loads((ROOT / "wanmeter" / "data" / "node_widgets.json").read_text())["wanmeter"]
-        ours = {k: v for k, v in ours.items() if not k.startswith("_")}
+        ours = {t: list(node_widgets()[t]) for t in pack.NODE_CLASS_MAPPINGS}   # read from node_schema.json
         declared = {}
         for t, cls in pack.NODE_CLASS_MAPPINGS.items():
             names = []

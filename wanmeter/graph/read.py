@@ -40,6 +40,14 @@ def node_widgets() -> dict[str, tuple[str, ...]]:
         for t, names in entries.items():
             if not t.startswith("_"):
                 out[t] = tuple(names)
+    # WanMeter's own nodes: their one declaration (data/node_schema.json), not a second table
+    from .. import schema
+
+    for t in schema.node_types():
+        names = []
+        for n in schema.widget_names(t):
+            names += [n, "control_after_generate"] if n == "seed" else [n]
+        out[t] = tuple(names)
     return out
 
 
