@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..wanmeter.errors import WanMeterError
+from ..wanmeter.safejson import json_depth
 from . import common as c
 
 log = logging.getLogger("wanmeter")
 
 MAX_BODY_BYTES = 16 * 1024
+MAX_DEPTH = 4            # {"cfg": [4.0, 3.0]} is depth 2; the settings are a flat object
+MAX_KEYS = 100
+MAX_KEY_CHARS = 64
+MAX_STR_CHARS = 512
+MAX_LIST_ITEMS = 16
+MAX_NUMBER = 1e15        # far above every real setting, far below float overflow
+MAX_INT_DIGITS = 18
 
 # (path, mtime_ns, size) -> variant; inspect_dit reads only a header, but the browser asks often.
 _variant_cache: dict[tuple[str, int, int], str] = {}
@@ -98,16 +108,76 @@ def gpus_reply() -> tuple[int, dict[str, Any]]:
     return 200, {"gpus": ea.gpu_rows(), "detected": detected, "local": local}
 
 
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise WanMeterError(f"The number {text[:24]}... has {len(text)} digits; settings are small numbers.")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise WanMeterError(f"The number {text[:24]} is out of range; settings are finite numbers.")
+    return v
+
+
+def _parse_constant(name: str):
+    raise WanMeterError(f"{name} is not a number a setting can take; send a finite number.")
+
+
 def parse_body(raw: bytes) -> dict[str, Any]:
+    """The request body -> a settings dict that passed the HTTP schema (check_payload)."""
     if len(raw) > MAX_BODY_BYTES:
         raise WanMeterError(f"The request body is {len(raw)} bytes; the estimate accepts at most {MAX_BODY_BYTES}.")
     try:
-        payload = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
         raise WanMeterError(f"The request body is not JSON ({e}). Send the settings as a JSON object.") from None
+    if json_depth(raw) > MAX_DEPTH:
+        raise WanMeterError(f"The request body nests deeper than {MAX_DEPTH} levels. Send the settings as a flat "
+                            "JSON object of name: value.")
+    try:
+        payload = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+    except (json.JSONDecodeError, ValueError, RecursionError) as e:
+        raise WanMeterError(f"The request body is not JSON ({e}). Send the settings as a JSON object.") from None
+    return check_payload(payload)
+
+
+def _check_value(key: str, v: Any, depth: int = 0) -> Any:
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)):
+        if not math.isfinite(v) or abs(v) > MAX_NUMBER:
+            raise WanMeterError(f"{key}={v!r} is not a usable number (finite, at most {MAX_NUMBER:.0e}).")
+        return v
+    if isinstance(v, str):
+        if len(v) > MAX_STR_CHARS or "\x00" in v:
+            raise WanMeterError(f"{key} is text of {len(v)} characters; at most {MAX_STR_CHARS}, without NUL.")
+        return v
+    if isinstance(v, list) and depth == 0:
+        if len(v) > MAX_LIST_ITEMS:
+            raise WanMeterError(f"{key} is a list of {len(v)} items; at most {MAX_LIST_ITEMS}.")
+        return [_check_value(key, x, depth + 1) for x in v]
+    raise WanMeterError(f"{key} must be a number, text, true/false or null, got {type(v).__name__}.")
+
+
+def check_payload(payload: Any) -> dict[str, Any]:
+    """The one schema every HTTP input crosses: a flat JSON object of at most MAX_KEYS short names,
+    each a finite bounded number, a short string, a bool, a short list of those, or null. Nulls
+    are dropped (null = the setting's default). Ranges of known settings are checked further by
+    the estimator's validate_settings; model names by nodes/common.py."""
     if not isinstance(payload, dict):
         raise WanMeterError("The request body must be a JSON object of settings.")
-    return payload
+    if len(payload) > MAX_KEYS:
+        raise WanMeterError(f"The request has {len(payload)} settings; at most {MAX_KEYS}. Send only the settings.")
+    out: dict[str, Any] = {}
+    for k, v in payload.items():
+        if len(k) > MAX_KEY_CHARS:
+            raise WanMeterError(f"Setting name {k[:MAX_KEY_CHARS]!r}... is over {MAX_KEY_CHARS} characters.")
+        v = _check_value(k, v)
+        if v is not None:
+            out[k] = v
+    return out
 
 
 def estimate_reply(payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -115,7 +185,7 @@ def estimate_reply(payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     from . import estimate_adapter as ea
 
     try:
-        settings = dict(payload)
+        settings = check_payload(payload)
         notes: list[str] = []
         model = settings.get("model")
         if not isinstance(model, str) or c.is_none(model):
@@ -124,7 +194,7 @@ def estimate_reply(payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if note:
             notes.append(note)
         low = settings.get("model_low_noise")
-        if isinstance(low, str) and not c.is_none(low):
+        if low is not None and not c.is_none(low):
             c.check_name(low)
         settings["variant"] = variant
         body = ea.run_estimate(settings, local_gpu())
@@ -157,7 +227,7 @@ def register(server=None) -> bool:
             payload = parse_body(raw)
         except WanMeterError as e:
             return web.json_response({"error": str(e)}, status=400)
-        status, body = estimate_reply(payload)
+        status, body = await run_off_loop(estimate_reply, payload)
         return web.json_response(body, status=status)
 
     @routes.get("/wanmeter/gpus")
@@ -166,6 +236,25 @@ def register(server=None) -> bool:
         return web.json_response(body, status=status)
 
     return True
+
+
+# One worker thread for estimates: they are pure Python, so more threads would only fight over the
+# GIL; the event loop keeps serving while it runs (and requests queue instead of piling up).
+_EXECUTOR: ThreadPoolExecutor | None = None
+
+
+def executor() -> ThreadPoolExecutor:
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wanmeter-estimate")
+    return _EXECUTOR
+
+
+async def run_off_loop(fn, *args):
+    """fn(*args) in the estimate thread, awaited from the event loop."""
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(executor(), fn, *args)
 
 
 async def _read_bounded(request) -> bytes:

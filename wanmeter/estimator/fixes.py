@@ -11,7 +11,7 @@ import itertools
 from dataclasses import dataclass
 
 from .calibration import Calibration, load_calibration
-from .estimate import Estimate, Prices, estimate
+from .estimate import Estimate, Prices, estimate, fits
 from .gpus import GpuSpec, load_gpus
 from .workload import Plan, Workload
 
@@ -31,13 +31,13 @@ def _smallest_blocks(w: Workload, plan: Plan, gpu: GpuSpec, cal: Calibration, **
     from .flops import DiTShape
 
     layers = DiTShape.of_variant(w.variant).num_layers
-    top = estimate(w, plan.with_(offload="blocks", blocks_to_stream=layers), gpu, cal=cal, **kw)
-    if not top.fits:
+    # fits() is estimate().fits without the time and cost: only the chosen N gets a full estimate.
+    if not fits(w, plan.with_(offload="blocks", blocks_to_stream=layers), gpu, cal):
         return None
     lo, hi = 1, layers
     while lo < hi:
         mid = (lo + hi) // 2
-        if estimate(w, plan.with_(offload="blocks", blocks_to_stream=mid), gpu, cal=cal, **kw).fits:
+        if fits(w, plan.with_(offload="blocks", blocks_to_stream=mid), gpu, cal):
             hi = mid
         else:
             lo = mid + 1
@@ -89,9 +89,8 @@ def _candidates(w: Workload, plan: Plan, gpu: GpuSpec, cal: Calibration, **kw) -
             continue
         if not changes:
             continue
-        e = estimate(w, p, gpu, cal=cal, **kw)
-        if e.fits:
-            out.append(Fix(changes, e))
+        if fits(w, p, gpu, cal):
+            out.append(Fix(changes, estimate(w, p, gpu, cal=cal, **kw)))
     return out
 
 
@@ -103,16 +102,15 @@ def suggest_fixes(workload: Workload, plan: Plan, gpu: GpuSpec, prices: Prices |
     kw = {"prices": prices}
     if videos_per_month is not None:
         kw["videos_per_month"] = videos_per_month
-    if estimate(workload, plan, gpu, cal=cal, **kw).fits:
+    if fits(workload, plan, gpu, cal):
         return []
     fixes = _candidates(workload, plan, gpu, cal, **kw)
     if not fixes:
         smaller = lower_resolution(workload)
         tried = 0
         while smaller is not None and not fixes and tried < 3:
-            e = estimate(smaller, plan, gpu, cal=cal, **kw)
             res = f"resolution {smaller.width}x{smaller.height}"
-            fixes = [Fix([res], e)] if e.fits else [Fix([res] + f.changes, f.estimate)
+            fixes = [Fix([res], estimate(smaller, plan, gpu, cal=cal, **kw))] if fits(smaller, plan, gpu, cal) else [Fix([res] + f.changes, f.estimate)
                                                     for f in _candidates(smaller, plan, gpu, cal, **kw)]
             smaller = lower_resolution(smaller)
             tried += 1

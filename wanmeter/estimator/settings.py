@@ -47,12 +47,17 @@ NAME_KEYS = ("model", "model_low_noise", "text_encoder", "vae", "audio_encoder")
 
 
 def check_model_name(key: str, name: Any) -> None:
-    """A model file name from the browser must be a bare name inside ComfyUI's model folders."""
+    """A model file name from the browser: a name relative to ComfyUI's model folders, subfolders
+    allowed ('wan/x.safetensors', as ComfyUI lists them), that cannot leave them: no absolute
+    path, drive letter, '..' or empty component, no NUL. (The node pack then resolves the name and
+    checks the resolved path lies inside the folder: nodes/common.resolve_model.)"""
     if not isinstance(name, str):
         raise WanMeterError(f"{key} must be a file name (text), got {type(name).__name__}.")
-    if "/" in name or "\\" in name or ".." in name or "\x00" in name or len(name) > 255:
-        raise WanMeterError(f"{key}={name!r} is not a plain file name: pick the model from the list "
-                            "(no folders, no '..').")
+    parts = name.replace("\\", "/").split("/")
+    if (not name or len(name) > 512 or "\x00" in name or ":" in name or name[0] in "/\\"
+            or any(p in ("", ".", "..") for p in parts)):
+        raise WanMeterError(f"{key}={name!r} is not a file name inside a models folder: pick the model from the "
+                            "list (subfolders are fine; no absolute paths, no '..').")
 
 
 def validate_settings(payload: Any, gpus: dict[str, GpuSpec] | None = None) -> dict[str, Any]:
