@@ -125,6 +125,49 @@ def resolve_model(folder: str, name: str, *, what: str = "model") -> str:
     return path
 
 
+# The loader nodes whose files must belong together: class_type -> [(model folder, input, check_parts keyword)].
+PART_INPUTS = {
+    "WanMeterModelLoader": (("diffusion_models", "model", "dit"), ("diffusion_models", "model_low_noise", "dit")),
+    "WanMeterVAELoader": (("vae", "vae", "vae"),),
+    "WanMeterTextEncoderLoader": (("text_encoders", "text_encoder", "text_encoder"),),
+    "WanMeterS2VAudio": (("audio_encoders", "audio_encoder", "audio_encoder"),),
+}
+
+
+def check_prompt_parts(prompt: Any) -> None:
+    """Called by each loader node (hidden input PROMPT) before it loads a weight: the diffusion
+    model, VAE, text encoder and audio encoder picked in the queued prompt belong together,
+    judged from their headers (wanmeter.loader.parts.check_parts). So a wrong VAE is refused
+    before the 14B experts load, whichever loader ComfyUI runs first.
+
+    Skipped where the pairing is unknown: no prompt, several loaders of one kind, a linked
+    input, or a name that does not resolve (the node itself then says what is wrong)."""
+    if not isinstance(prompt, dict):
+        return
+    found: dict[str, list[str]] = {}
+    nodes = [n for n in prompt.values() if isinstance(n, dict) and n.get("class_type") in PART_INPUTS]
+    kinds = [n["class_type"] for n in nodes]
+    if any(kinds.count(k) > 1 for k in kinds):
+        return
+    for node in nodes:
+        inputs = node.get("inputs") or {}
+        for folder, name, kw in PART_INPUTS[node["class_type"]]:
+            v = inputs.get(name)
+            if not isinstance(v, str) or is_none(v):
+                if name == "model":
+                    return  # a linked / missing model: nothing to pair with
+                continue
+            try:
+                found.setdefault(kw, []).append(resolve_model(folder, v))
+            except WanMeterError:
+                return
+    if "dit" not in found or (len(found) < 2 and len(found["dit"]) < 2):
+        return
+    from ..wanmeter.loader.parts import check_parts
+
+    check_parts(found["dit"], **{k: v[0] for k, v in found.items() if k != "dit"})
+
+
 def is_none(name: Any) -> bool:
     return name is None or name == "" or name == NONE_CHOICE
 

@@ -61,6 +61,7 @@ class WanMeterModelLoader:
                                     "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors). Leave 'none' for "
                                     "TI2V-5B and S2V."}),
             },
+            "hidden": {"prompt": "PROMPT"},
         }
 
     RETURN_TYPES = (c.WANMETER_MODEL,)
@@ -72,9 +73,10 @@ class WanMeterModelLoader:
 
     def load(self, model: str, weight_dtype: str, compute_dtype: str, offload: str, blocks_to_stream: int,
              attention: str, fp8_compute: bool = False, compile: bool = False,
-             model_low_noise: str = c.NONE_CHOICE):
+             model_low_noise: str = c.NONE_CHOICE, prompt=None):
         from ..wanmeter.loader import inspect_dit
 
+        c.check_prompt_parts(prompt)  # the VAE / text encoder picked with it belong to this model (headers)
         high_path = c.resolve_model("diffusion_models", model, what="diffusion model")
         info = inspect_dit(high_path)
         low_path = None
@@ -231,7 +233,8 @@ class WanMeterTextEncoderLoader:
                            "to minutes per prompt."}),
                 "dtype": (c.TEXT_ENCODER_DTYPES, {"default": "bf16", "tooltip": "Compute precision; bf16 "
                           "matches the official code."}),
-            }
+            },
+            "hidden": {"prompt": "PROMPT"},
         }
 
     RETURN_TYPES = (c.WANMETER_TEXT_ENCODER,)
@@ -240,12 +243,13 @@ class WanMeterTextEncoderLoader:
     CATEGORY = c.CATEGORY
     DESCRIPTION = "Load the umt5-xxl text encoder used by every Wan2.2 variant."
 
-    def load(self, text_encoder: str, device: str, dtype: str):
+    def load(self, text_encoder: str, device: str, dtype: str, prompt=None):
         import torch
 
         from ..wanmeter.loader.text_encoder import load_text_encoder
 
         path = c.resolve_model("text_encoders", text_encoder, what="text encoder")
+        c.check_prompt_parts(prompt)
         dev = c.comfy_device() if device == "gpu" else torch.device("cpu")
         if dev.type != "cpu":
             c.free_comfy_memory()
@@ -270,7 +274,8 @@ class WanMeterVAELoader:
                           "'auto': decode in spatial tiles (several times less VRAM, about 2x slower)."}),
                 "dtype": (c.VAE_DTYPES, {"default": "bf16", "tooltip": "VAE precision. The official code "
                           "uses fp32 (twice the memory); bf16 halves it (quality not yet compared on real weights)."}),
-            }
+            },
+            "hidden": {"prompt": "PROMPT"},
         }
 
     RETURN_TYPES = (c.WANMETER_VAE,)
@@ -279,10 +284,11 @@ class WanMeterVAELoader:
     CATEGORY = c.CATEGORY
     DESCRIPTION = "Load a Wan2.1 or Wan2.2 VAE."
 
-    def load(self, vae: str, tiled: bool, dtype: str):
+    def load(self, vae: str, tiled: bool, dtype: str, prompt=None):
         from ..wanmeter.loader.vae_loader import load_vae
 
         path = c.resolve_model("vae", vae, what="VAE")
+        c.check_prompt_parts(prompt)  # a VAE of the wrong family is refused before any weight loads
         try:
             v = load_vae(path, dtype=_dtype(dtype), device=c.comfy_device())
         except BaseException:

@@ -36,6 +36,9 @@ def read_lora(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str, torc
         raise WanMeterError(f"{path.name}: only .safetensors LoRAs are supported; convert it to safetensors.")
     from safetensors.torch import load_file
 
+    from ..loader.safetensors_io import read_header
+
+    read_header(path)  # a damaged / foreign file -> one fix-naming error, not safetensors' raw one
     return load_file(str(path))
 
 

@@ -16,7 +16,7 @@ import torch
 
 from .. import variants
 from ..errors import WanMeterError
-from .safetensors_io import read_header, strip_prefix
+from .safetensors_io import check_finite, read_header, strip_prefix
 from .vae_keys import official_to_diffusers_names, rename
 
 VAE_FILES = {"wan21": "wan_2.1_vae.safetensors", "wan22": "wan2.2_vae.safetensors"}
@@ -53,6 +53,14 @@ class VaeLayout:
 def inspect_vae(path: str | os.PathLike) -> VaeLayout:
     """Read the header only: family, key layout and the AutoencoderKLWan config from shapes."""
     hdr = read_header(path)
+    try:
+        return _inspect_vae(hdr)
+    except (IndexError, KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise WanMeterError(f"{hdr.path.name} has Wan VAE key names but tensor shapes no Wan VAE has "
+                            f"({type(e).__name__}: {e}). {_WHICH}") from None
+
+
+def _inspect_vae(hdr) -> VaeLayout:
     name = hdr.path.name
     prefix = strip_prefix(list(hdr.tensors), _PREFIXES)
     shapes = {k[len(prefix):]: m.shape for k, m in hdr.tensors.items()}
@@ -209,8 +217,10 @@ def load_vae(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, dev
     from diffusers import AutoencoderKLWan
     from safetensors.torch import load_file
 
-    info = inspect_vae(path)
+    info = inspect_vae(path)  # the header, fully validated, before any weight is read
     sd = load_file(str(path))
+    for k, v in sd.items():
+        check_finite(v, k, path)
     if info.prefix:
         sd = {k[len(info.prefix):]: v for k, v in sd.items() if k.startswith(info.prefix)}
     if info.layout == "official":
