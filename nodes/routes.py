@@ -204,6 +204,15 @@ def estimate_reply(payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return 400, {"error": str(e)}
 
 
+def handle_estimate(raw: bytes) -> tuple[int, dict[str, Any]]:
+    """POST /wanmeter/estimate minus the transport: body bytes -> (status, JSON reply)."""
+    try:
+        payload = parse_body(raw)
+    except WanMeterError as e:
+        return 400, {"error": str(e)}
+    return estimate_reply(payload)
+
+
 # ---------------------------------------------------------------- aiohttp glue
 
 def register(server=None) -> bool:
@@ -224,10 +233,9 @@ def register(server=None) -> bool:
     async def _estimate(request):  # noqa: ANN001
         try:
             raw = await _read_bounded(request)
-            payload = parse_body(raw)
         except WanMeterError as e:
             return web.json_response({"error": str(e)}, status=400)
-        status, body = await run_off_loop(estimate_reply, payload)
+        status, body = await run_off_loop(handle_estimate, raw)
         return web.json_response(body, status=status)
 
     @routes.get("/wanmeter/gpus")
