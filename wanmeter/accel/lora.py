@@ -30,7 +30,7 @@ def read_lora(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str, torc
     if isinstance(source, Mapping):
         return dict(source)
     path = Path(source)
-    if not path.is_file():
+    if not path.exists():
         raise WanMeterError(f"LoRA file {path} does not exist; put it in ComfyUI/models/loras and pick it again.")
     if path.suffix != ".safetensors":
         raise WanMeterError(f"{path.name}: only .safetensors LoRAs are supported; convert it to safetensors.")

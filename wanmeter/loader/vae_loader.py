@@ -39,7 +39,7 @@ def _guess_kind(keys: set[str]) -> str:
         return "an image VAE of another model family (SD/SDXL/Flux)"
     if any("lora" in k.lower() for k in keys):
         return "a LoRA"
-    return "not a Wan VAE"
+    return "a file of no known kind"
 
 
 @dataclass(frozen=True)
