@@ -262,7 +262,15 @@ async def run_off_loop(fn, *args):
     """fn(*args) in the estimate thread, awaited from the event loop."""
     import asyncio
 
-    return await asyncio.get_running_loop().run_in_executor(executor(), fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(executor(), _cooperatively, fn, *args)
+
+
+def _cooperatively(fn, *args):
+    """In the worker: the estimator hands the GIL to the event loop between its estimates."""
+    from ..wanmeter.estimator.estimate import cooperative
+
+    with cooperative():
+        return fn(*args)
 
 
 async def _read_bounded(request) -> bytes:

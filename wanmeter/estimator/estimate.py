@@ -6,9 +6,12 @@ by hand.
 """
 from __future__ import annotations
 
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Iterator
 
 from .calibration import Calibration, load_calibration
 from .gpus import GpuSpec
@@ -162,6 +165,33 @@ def path_notes(workload: Workload, plan: Plan, gpu: GpuSpec, cal: Calibration, d
     return out
 
 
+_COOPERATIVE = threading.local()
+
+
+@contextmanager
+def cooperative() -> Iterator[None]:
+    """Within this block (in this thread), estimate() lets other threads run once a millisecond
+    (time.sleep(0) hands the GIL over). An HTTP server runs the estimate in a worker thread: without
+    this, the event loop waits up to the 5 ms switch interval for the GIL at every wake-up, so a
+    GET answered in 0.4 ms takes tens of ms while estimates run. One request makes ~170 estimate()
+    calls of ~0.05 ms; the GIL is offered once per millisecond, so the loop waits about that long at most."""
+    prev = getattr(_COOPERATIVE, "on", False)
+    _COOPERATIVE.on = True
+    _COOPERATIVE.last = time.perf_counter()
+    try:
+        yield
+    finally:
+        _COOPERATIVE.on = prev
+
+
+def _pause(every_s: float = 0.001) -> None:
+    """time.sleep(0) at most once per `every_s` (each one may cost a scheduler round on a busy machine)."""
+    now = time.perf_counter()
+    if now - _COOPERATIVE.last >= every_s:
+        time.sleep(0)
+        _COOPERATIVE.last = time.perf_counter()
+
+
 @lru_cache(maxsize=4096)
 def _memory(workload: Workload, plan: Plan, cal: Calibration):
     """(sizes, VRAM phases, peak bytes, peak phase, breakdown): none of it depends on the GPU, so
@@ -192,6 +222,8 @@ def fits(workload: Workload, plan: Plan, gpu: GpuSpec, cal: Calibration | None =
 def estimate(workload: Workload, plan: Plan, gpu: GpuSpec, prices: Prices | float | dict | None = None, *,
              videos_per_month: int = DEFAULT_VIDEOS_PER_MONTH, cal: Calibration | None = None) -> Estimate:
     """VRAM, RAM, time and cost of `workload` on `gpu` run as `plan` (see module doc)."""
+    if getattr(_COOPERATIVE, "on", False):
+        _pause()
     cal = cal or load_calibration()
     s, phases, peak, phase, breakdown = _memory(workload, plan, cal)
     notes: list[str] = []
