@@ -33,9 +33,10 @@ class WanMeterModelLoader:
 
     def load(self, model: str, weight_dtype: str, compute_dtype: str, offload: str, blocks_to_stream: int,
              attention: str, fp8_compute: bool = False, compile: bool = False,
-             model_low_noise: str = c.NONE_CHOICE):
+             model_low_noise: str = c.NONE_CHOICE, prompt=None):
         from ..wanmeter.loader import inspect_dit
 
+        c.check_prompt_parts(prompt)  # the VAE / text encoder picked with it belong to this model (headers)
         high_path = c.resolve_model("diffusion_models", model, what="diffusion model")
         info = inspect_dit(high_path)
         low_path = None
@@ -195,12 +196,13 @@ class WanMeterTextEncoderLoader:
     CATEGORY = c.CATEGORY
     DESCRIPTION = "Load the umt5-xxl text encoder used by every Wan2.2 variant."
 
-    def load(self, text_encoder: str, device: str, dtype: str):
+    def load(self, text_encoder: str, device: str, dtype: str, prompt=None):
         import torch
 
         from ..wanmeter.loader.text_encoder import load_text_encoder
 
         path = c.resolve_model("text_encoders", text_encoder, what="text encoder")
+        c.check_prompt_parts(prompt)
         dev = c.comfy_device() if device == "gpu" else torch.device("cpu")
         if dev.type != "cpu":
             c.free_comfy_memory()
@@ -225,10 +227,11 @@ class WanMeterVAELoader:
     CATEGORY = c.CATEGORY
     DESCRIPTION = "Load a Wan2.1 or Wan2.2 VAE."
 
-    def load(self, vae: str, tiled: bool, dtype: str):
+    def load(self, vae: str, tiled: bool, dtype: str, prompt=None):
         from ..wanmeter.loader.vae_loader import load_vae
 
         path = c.resolve_model("vae", vae, what="VAE")
+        c.check_prompt_parts(prompt)  # a VAE of the wrong family is refused before any weight loads
         try:
             v = load_vae(path, dtype=_dtype(dtype), device=c.comfy_device())
         except BaseException:

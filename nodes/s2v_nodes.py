@@ -28,7 +28,7 @@ class WanMeterS2VAudio:
     CATEGORY = c.CATEGORY
     DESCRIPTION = "Turn speech into S2V-14B audio conditioning (wav2vec2 features per video frame, per 5 s clip)."
 
-    def encode(self, audio, audio_encoder: str, audio_scale: float, device: str, clips: int):
+    def encode(self, audio, audio_encoder: str, audio_scale: float, device: str, clips: int, prompt=None):
         import torch
 
         from ..wanmeter.s2v.audio import check_audio, encode_audio, load_wav2vec2
@@ -37,6 +37,7 @@ class WanMeterS2VAudio:
             raise WanMeterError("audio is not a ComfyUI AUDIO: connect a LoadAudio node.")
         check_audio(audio["waveform"], int(audio["sample_rate"]))  # refuse before anything loads
         path = c.resolve_model("audio_encoders", audio_encoder, what="audio encoder")
+        c.check_prompt_parts(prompt)  # this wav2vec2 matches the S2V model picked in the prompt (headers)
         dev = c.comfy_device() if device == "gpu" else torch.device("cpu")
         dtype = torch.float16 if dev.type == "cuda" else torch.float32
         model = None

@@ -26,9 +26,12 @@ OK = {"variant": "t2v_a14b", "width": 1280, "height": 720, "frames": 81, "steps"
     ({"steps": 2.5}, "whole number"),
     ({"steps": "40"}, "must be a number"),
     ({"steps": True}, "must be a number"),
-    ({"model": "../../etc/passwd"}, "not a file inside the model folders"),
-    ({"model": "/abs/dir.safetensors"}, "not a file inside the model folders"),
-    ({"model_low_noise": "a\\..\\b.safetensors"}, "not a file inside the model folders"),
+    ({"model": "../../etc/passwd"}, "not a file name inside a models folder"),
+    ({"model": "sub/../../x.safetensors"}, "not a file name inside a models folder"),
+    ({"model": "/etc/passwd"}, "not a file name inside a models folder"),
+    ({"model": "C:\\x.safetensors"}, "not a file name inside a models folder"),
+    ({"model_low_noise": "a\\..\\..\\b.safetensors"}, "not a file name inside a models folder"),
+    ({"model": "x\x00.safetensors"}, "not a file name inside a models folder"),
     ({"offload": "disk"}, "offload='disk' is not supported"),
     ({"cfg": [1, 2, 3]}, "one or two guidance"),
     ({"vae_tiled": "yes"}, "true or false"),
@@ -37,6 +40,12 @@ OK = {"variant": "t2v_a14b", "width": 1280, "height": 720, "frames": 81, "steps"
 def test_validate_settings_rejects(bad, match):
     with pytest.raises(WanMeterError, match=match):
         validate_settings({**OK, **bad})
+
+
+def test_validate_settings_accepts_subfolder_model_names():
+    """ComfyUI lists models in subfolders as 'sub/x.safetensors'; the estimate must take them (issue 18)."""
+    for name in ("sub/x.safetensors", "wan/2.2/x.safetensors", "sub\\x.safetensors"):
+        assert validate_settings({**OK, "model": name, "model_low_noise": name})["model"] == name
 
 
 def test_validate_settings_rejects_non_dict_and_oversized():

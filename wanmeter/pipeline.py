@@ -172,13 +172,14 @@ def generate_from_files(*, dit: Sequence[str | Path], text_encoder: str | Path, 
     from .loader.text_encoder import load_text_encoder
     from .loader.vae_loader import load_vae
 
-    from .loader import inspect_dit
+    from .loader.parts import check_parts
     from .sampler.request import check_request
 
     runtime = runtime or RuntimeOptions()
     runtime.validate()
     device = runtime.torch_device()
-    check_request(variant_name or inspect_dit(dit[0]).variant, req)  # before loading anything
+    # Before loading anything: the parts belong together (headers only) and the request fits the variant.
+    check_request(check_parts(list(dit), vae=vae, text_encoder=text_encoder, variant=variant_name), req)
     reports: list[StageReport] = []
     te_dev = torch.device(device if text_encoder_device == "auto" else text_encoder_device)
 

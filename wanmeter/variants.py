@@ -20,10 +20,10 @@ def _facts() -> dict[str, Any]:
 
 def variant(name: str) -> dict[str, Any]:
     """Facts for one variant (t2v_a14b, i2v_a14b, ti2v_5b, s2v_14b)."""
-    from .errors import WanMeterError
-
     v = _facts()["variants"].get(name)
     if v is None:
+        from .errors import WanMeterError
+
         known = ", ".join(sorted(_facts()["variants"]))
         raise WanMeterError(f"Unknown Wan2.2 variant {name!r}. Use one of: {known}.")
     return v

@@ -58,12 +58,15 @@ def read_lora(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str, torc
     if isinstance(source, Mapping):
         return dict(source)
     path = Path(source)
-    if not path.is_file():
+    if not path.exists():
         raise WanMeterError(f"LoRA file {path} does not exist; put it in ComfyUI/models/loras and pick it again.")
     if path.suffix != ".safetensors":
         raise WanMeterError(f"{path.name}: only .safetensors LoRAs are supported; convert it to safetensors.")
     from safetensors.torch import load_file
 
+    from ..loader.safetensors_io import read_header
+
+    read_header(path)  # a damaged / deeply nested / foreign header -> one fix-naming error
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncated / foreign files

@@ -7,8 +7,12 @@ by hand.
 from __future__ import annotations
 
 import math
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import Any, Iterator
 
 from .calibration import Calibration, load_calibration
 from .gpus import GpuSpec
@@ -190,15 +194,71 @@ def path_notes(workload: Workload, plan: Plan, gpu: GpuSpec, cal: Calibration, d
     return out
 
 
+_COOPERATIVE = threading.local()
+
+
+@contextmanager
+def cooperative() -> Iterator[None]:
+    """Within this block (in this thread), estimate() lets other threads run once a millisecond
+    (time.sleep(0) hands the GIL over). An HTTP server runs the estimate in a worker thread: without
+    this, the event loop waits up to the 5 ms switch interval for the GIL at every wake-up, so a
+    GET answered in 0.4 ms takes tens of ms while estimates run. One request makes ~170 estimate()
+    calls of ~0.05 ms; the GIL is offered once per millisecond, so the loop waits about that long at most."""
+    prev = getattr(_COOPERATIVE, "on", False)
+    _COOPERATIVE.on = True
+    _COOPERATIVE.last = time.perf_counter()
+    try:
+        yield
+    finally:
+        _COOPERATIVE.on = prev
+
+
+def _pause(every_s: float = 0.001) -> None:
+    """time.sleep(0) at most once per `every_s` (each one may cost a scheduler round on a busy machine)."""
+    now = time.perf_counter()
+    if now - _COOPERATIVE.last >= every_s:
+        time.sleep(0)
+        _COOPERATIVE.last = time.perf_counter()
+
+
+@lru_cache(maxsize=4096)
+def _memory(workload: Workload, plan: Plan, cal: Calibration):
+    """(sizes, VRAM phases, peak bytes, peak phase, breakdown): none of it depends on the GPU, so
+    the fix search and the GPU ranking (hundreds of plans x 17 GPUs per request) share it.
+    Callers must not mutate what this returns (estimate() copies the dicts it keeps)."""
+    s = compute_sizes(workload, plan, cal)
+    phases = vram_phases(s, workload, plan, cal)
+    peak, phase, breakdown = vram_peak(phases, cal)
+    return s, phases, peak, phase, breakdown
+
+
+def _vram_limit(plan: Plan, gpu: GpuSpec) -> float:
+    # The same headroom is kept under a user budget as under the card's own size: a plan planned to the last
+    # byte fails on the first allocation the model did not foresee.
+    return float(plan.budget_gib if plan.budget_gib is not None else gpu.usable_gib)
+
+
+def _fits(peak: float, plan: Plan, gpu: GpuSpec, cal: Calibration) -> bool:
+    return peak / GIB <= _vram_limit(plan, gpu) - float(cal.v("overhead.vram_reserve_gib"))
+
+
+def fits(workload: Workload, plan: Plan, gpu: GpuSpec, cal: Calibration | None = None) -> bool:
+    """estimate(workload, plan, gpu).fits without the time and cost (what the fix search asks)."""
+    cal = cal or load_calibration()
+    return _fits(_memory(workload, plan, cal)[2], plan, gpu, cal)
+
+
 def estimate(workload: Workload, plan: Plan, gpu: GpuSpec, prices: Prices | float | dict | None = None, *,
              videos_per_month: int = DEFAULT_VIDEOS_PER_MONTH, cal: Calibration | None = None) -> Estimate:
     """VRAM, RAM, time and cost of `workload` on `gpu` run as `plan` (see module doc)."""
+    if getattr(_COOPERATIVE, "on", False):
+        _pause()
     cal = cal or load_calibration()
     notes: list[str] = []
     if plan.runtime != "wanmeter":  # ComfyUI native / kijai: the plan that runtime ends up with (runtimes.py)
         plan, rt_notes = resolve_runtime(workload, plan, gpu, cal)
         notes += rt_notes
-    s = compute_sizes(workload, plan, cal)
+    s, phases, peak, phase, breakdown = _memory(workload, plan, cal)
     if plan.fp8_compute and not fp8_compute_active(plan, gpu):
         notes.append("fp8 compute needs fp8 weights and a GPU with fp8 tensor cores: estimated as bf16 compute"
                      if gpu.has_fp8 else f"{gpu.name} has no fp8 tensor cores: estimated as bf16 compute")
@@ -206,12 +266,7 @@ def estimate(workload: Workload, plan: Plan, gpu: GpuSpec, prices: Prices | floa
         notes.append("FlashAttention-3 runs only on Hopper: estimated at FlashAttention-2 speed")
     if plan.offload == "blocks" and plan.blocks_to_stream > s.shape.num_layers:
         notes.append(f"{workload.variant} has {s.shape.num_layers} blocks: streaming all of them")
-    phases = vram_phases(s, workload, plan, cal)
-    peak, phase, breakdown = vram_peak(phases, cal)
-    # The same headroom is kept under a user budget as under the card's own size: a plan planned to the last
-    # byte fails on the first allocation the model did not foresee.
-    limit = plan.budget_gib if plan.budget_gib is not None else gpu.usable_gib
-    reserve = float(cal.v("overhead.vram_reserve_gib"))
+    limit = _vram_limit(plan, gpu)
     ram = ram_breakdown(s, workload, plan, cal)
     ram_total = sum(ram.values())
     t = phase_times(s, workload, plan, gpu, cal)
@@ -237,8 +292,8 @@ def estimate(workload: Workload, plan: Plan, gpu: GpuSpec, prices: Prices | floa
              f"FLOP floor: {(lin + att) / 1e15:.1f} PFLOP at peak = {floor:.1f} s"]
     return Estimate(
         workload=workload, plan=plan, gpu=gpu, vram_peak_gib=peak / GIB, vram_peak_phase=phase,
-        vram_breakdown=breakdown, vram_phases_gib={k: sum(v.values()) / GIB for k, v in phases.items()},
-        vram_limit_gib=float(limit), fits=peak / GIB <= limit - reserve,
+        vram_breakdown=dict(breakdown), vram_phases_gib={k: sum(v.values()) / GIB for k, v in phases.items()},
+        vram_limit_gib=limit, fits=_fits(peak, plan, gpu, cal),
         ram_gib=ram_total, ram_breakdown=ram, ram_fits=None if plan.ram_gib is None else ram_total <= plan.ram_gib,
         load_cold_s=t.load_cold, text_encode_s=t.text_encode, transfers_s=t.transfers, denoise_s=t.denoise,
         decode_s=t.decode, denoise_parts=t.denoise_parts, forwards=t.forwards, flops_total=lin + att,

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .calibration import Calibration, load_calibration
-from .estimate import Estimate, Prices, estimate
+from .estimate import Estimate, Prices, estimate, fits
+from .estimate import fits as vram_fits_fn
 from .gpus import GpuSpec, load_gpus
 from .workload import Plan, Workload
 
@@ -47,13 +48,22 @@ def smallest_blocks(w: Workload, plan: Plan, gpu: GpuSpec, cal: Calibration, *,
             count[0] += 1
         return estimate(w, plan.with_(offload="blocks", blocks_to_stream=n), gpu, cal=cal, **kw)
 
-    top = est(layers)
-    if not top.fits:
-        return top, False
+    def vram_fits(n: int) -> bool:
+        # vram_fits() is estimate().fits without the time and cost (WanMeter's runtime): only the
+        # chosen N gets a full estimate. Other runtimes re-plan inside estimate(): ask it.
+        p = plan.with_(offload="blocks", blocks_to_stream=n)
+        if p.runtime != "wanmeter":
+            return est(n).fits
+        if count is not None:
+            count[0] += 1
+        return vram_fits_fn(w, p, gpu, cal)
+
+    if not vram_fits(layers):
+        return est(layers), False
     lo, hi = 1, layers
     while lo < hi:
         mid = (lo + hi) // 2
-        if est(mid).fits:
+        if vram_fits(mid):
             hi = mid
         else:
             lo = mid + 1
@@ -106,9 +116,8 @@ def _candidates(w: Workload, plan: Plan, gpu: GpuSpec, cal: Calibration, **kw) -
             continue
         if not changes:
             continue
-        e = estimate(w, p, gpu, cal=cal, **kw)
-        if e.fits:
-            out.append(Fix(changes, e))
+        if fits(w, p, gpu, cal):
+            out.append(Fix(changes, estimate(w, p, gpu, cal=cal, **kw)))
     return out
 
 
@@ -120,16 +129,15 @@ def suggest_fixes(workload: Workload, plan: Plan, gpu: GpuSpec, prices: Prices |
     kw = {"prices": prices}
     if videos_per_month is not None:
         kw["videos_per_month"] = videos_per_month
-    if estimate(workload, plan, gpu, cal=cal, **kw).fits:
+    if fits(workload, plan, gpu, cal):
         return []
     fixes = _candidates(workload, plan, gpu, cal, **kw)
     if not fixes:
         smaller = lower_resolution(workload)
         tried = 0
         while smaller is not None and not fixes and tried < 3:
-            e = estimate(smaller, plan, gpu, cal=cal, **kw)
             res = f"resolution {smaller.width}x{smaller.height}"
-            fixes = [Fix([res], e)] if e.fits else [Fix([res] + f.changes, f.estimate)
+            fixes = [Fix([res], estimate(smaller, plan, gpu, cal=cal, **kw))] if fits(smaller, plan, gpu, cal) else [Fix([res] + f.changes, f.estimate)
                                                     for f in _candidates(smaller, plan, gpu, cal, **kw)]
             smaller = lower_resolution(smaller)
             tried += 1

@@ -104,12 +104,40 @@ def _spec(key: str, d: dict[str, Any], reserved_discount: float) -> GpuSpec:
     )
 
 
+# (bundled file's (path, size, mtime_ns), user file's or None) -> the merged table. The estimate
+# route asks for the table dozens of times per request; a stat per file is all a hit costs.
+_CACHE: dict[tuple, dict[str, GpuSpec]] = {}
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (str(path), -1, -1)  # missing: not cached as a table; _read raises the fix-naming error
+    return (str(path), st.st_size, st.st_mtime_ns)
+
+
 def load_gpus(user_path: str | os.PathLike | None = None) -> dict[str, GpuSpec]:
-    """The bundled table merged with the user's file (argument, else env WANMETER_GPUS)."""
+    """The bundled table merged with the user's file (argument, else env WANMETER_GPUS).
+
+    Cached on each file's (path, size, mtime): an edited file is re-read on the next call. The
+    returned dict is the caller's own (the GpuSpecs are frozen)."""
+    user = user_path or os.environ.get("WANMETER_GPUS")
+    key = (_file_key(DATA), _file_key(Path(user)) if user else None)
+    hit = _CACHE.get(key)
+    if hit is None:
+        hit = _load_gpus(user)
+        if all(k is None or k[1] >= 0 for k in key):
+            if len(_CACHE) > 16:
+                _CACHE.clear()
+            _CACHE[key] = hit
+    return dict(hit)
+
+
+def _load_gpus(user: str | os.PathLike | None) -> dict[str, GpuSpec]:
     base = _read(DATA)
     entries = {k: dict(v) for k, v in base["gpus"].items()}
     discount = float(base.get("reserved_discount", {}).get("value", 0.65))
-    user = user_path or os.environ.get("WANMETER_GPUS")
     if user:
         extra = _read(Path(user))
         for k, v in extra["gpus"].items():

@@ -84,10 +84,10 @@ def _read_ui(data: dict[str, Any]) -> dict[str, Node]:
     if len(raw) > MAX_NODES:
         raise WanMeterError(f"The workflow has {len(raw)} nodes; at most {MAX_NODES} are read.")
     origin: dict[Any, str] = {}
-    for link in data.get("links") or []:
-        if isinstance(link, list) and len(link) >= 4:
+    for link in _list(data.get("links")):
+        if isinstance(link, list) and len(link) >= 4 and _key(link[0]):
             origin[link[0]] = str(link[1])
-        elif isinstance(link, dict) and "id" in link:
+        elif isinstance(link, dict) and _key(link.get("id")):
             origin[link["id"]] = str(link.get("origin_id"))
     out = {}
     for n in raw:
@@ -95,12 +95,23 @@ def _read_ui(data: dict[str, Any]) -> dict[str, Node]:
         if not isinstance(t, str):
             continue
         links = {}
-        for inp in n.get("inputs") or []:
-            if isinstance(inp, dict) and isinstance(inp.get("name"), str) and inp.get("link") in origin:
+        for inp in _list(n.get("inputs")):
+            if isinstance(inp, dict) and isinstance(inp.get("name"), str) and _key(inp.get("link")) \
+                    and inp.get("link") in origin:
                 links[inp["name"]] = origin[inp["link"]]
         mode = n.get("mode") if isinstance(n.get("mode"), int) else 0
         out[nid] = Node(nid, t, mode, named_widgets(t, n.get("widgets_values")), links)
     return out
+
+
+def _list(x: Any) -> list:
+    """A list from an untrusted workflow, or [] (a hand-edited file may hold anything there)."""
+    return x if isinstance(x, list) else []
+
+
+def _key(x: Any) -> bool:
+    """A link id usable as a key (ids are numbers or text)."""
+    return isinstance(x, (int, str)) and not isinstance(x, bool)
 
 
 def _upstream(nodes: dict[str, Node], node: Node, name: str) -> Node | None:

@@ -57,17 +57,17 @@ def defaults() -> dict[str, Any]:
 
 
 def check_model_name(key: str, name: Any) -> None:
-    """A model file name from the browser names a file inside ComfyUI's model folders: subfolders
-    as ComfyUI lists them ('wan/x.safetensors') are fine; absolute paths, '..', drive letters and
-    NUL bytes are not (the route also resolves and checks containment before opening anything)."""
-    if not isinstance(name, str) or not name:
+    """A model file name from the browser: a name relative to ComfyUI's model folders, subfolders
+    allowed ('wan/x.safetensors', as ComfyUI lists them), that cannot leave them: no absolute
+    path, drive letter, '..' or empty component, no NUL. (The node pack then resolves the name and
+    checks the resolved path lies inside the folder: nodes/common.resolve_model.)"""
+    if not isinstance(name, str):
         raise WanMeterError(f"{key} must be a file name (text), got {type(name).__name__}.")
-    norm = name.replace("\\", "/")
-    parts = norm.split("/")
-    if (len(name) > 512 or norm.startswith("/") or ".." in parts or ":" in name or "\x00" in name
-            or any(p in ("", ".") for p in parts)):
-        raise WanMeterError(f"{key}={name!r} is not a file inside the model folders: pick the model from the list "
-                            "(no absolute paths, no '..').")
+    parts = name.replace("\\", "/").split("/")
+    if (not name or len(name) > 512 or "\x00" in name or ":" in name or name[0] in "/\\"
+            or any(p in ("", ".", "..") for p in parts)):
+        raise WanMeterError(f"{key}={name!r} is not a file name inside a models folder: pick the model from the "
+                            "list (subfolders are fine; no absolute paths, no '..').")
 
 
 def _number(key: str, v: Any, spec: dict[str, Any]) -> int | float:

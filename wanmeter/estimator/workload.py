@@ -6,6 +6,7 @@ settings without importing torch, and so suggest_fixes() can derive changed copi
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 from ..attention_kernels import calibration_key, calibration_keys
 from ..errors import WanMeterError
@@ -103,23 +104,33 @@ class Workload:
     def expert_steps(self) -> tuple[int, ...]:
         """Steps run by each expert. A14B: steps whose shifted timestep >= boundary*1000 go to the
         high-noise expert (sigmas = linspace(1, 0, N+1)[:-1], shifted s*x/(1+(s-1)*x))."""
-        f = self.facts
-        if int(f["experts"]) == 1:
-            return (self.steps,)
-        if self.high_noise_steps is not None:
-            high = int(self.high_noise_steps)
-        else:
-            s = float(self.shift if self.shift is not None else f["default_shift"])
-            b = float(self.boundary if self.boundary else f["boundary"])
-            high = 0
-            for i in range(self.steps):
-                x = 1.0 - i / self.steps
-                if s * x / (1 + (s - 1) * x) >= b:
-                    high += 1
-        return (high, self.steps - high)
+        return _expert_steps(self.variant, self.steps, self.high_noise_steps, self.shift, self.boundary)
 
     def with_(self, **kw) -> "Workload":
         return replace(self, **kw)
+
+
+_PLAN_COPIES: dict[tuple, "Plan"] = {}
+
+
+@lru_cache(maxsize=1024)
+def _expert_steps(var: str, steps: int, high_noise_steps: int | None, shift: float | None,
+                  boundary: float | None) -> tuple[int, ...]:
+    """Workload.expert_steps, memoized (the estimator asks for it several times per estimate)."""
+    f = variant(var)
+    if int(f["experts"]) == 1:
+        return (steps,)
+    if high_noise_steps is not None:
+        high = int(high_noise_steps)
+    else:
+        s = float(shift if shift is not None else f["default_shift"])
+        b = float(boundary if boundary else f["boundary"])
+        high = 0
+        for i in range(steps):
+            x = 1.0 - i / steps
+            if s * x / (1 + (s - 1) * x) >= b:
+                high += 1
+    return (high, steps - high)
 
 
 @dataclass(frozen=True)
@@ -197,7 +208,19 @@ class Plan:
         return self.weight_dtype in GGUF_TYPES
 
     def with_(self, **kw) -> "Plan":
-        return replace(self, **kw)
+        """A changed copy. Memoized: the fix search derives the same few hundred plans for every GPU,
+        and each copy re-runs the validation above (Plans are frozen, so sharing them is safe)."""
+        try:
+            key = (self, tuple(sorted(kw.items())))
+            hit = _PLAN_COPIES.get(key)
+        except TypeError:  # an unhashable value: no memo
+            return replace(self, **kw)
+        if hit is None:
+            hit = replace(self, **kw)
+            if len(_PLAN_COPIES) >= 8192:
+                _PLAN_COPIES.clear()
+            _PLAN_COPIES[key] = hit
+        return hit
 
     def describe(self) -> str:
         parts = [] if self.runtime == "wanmeter" else [{"comfy_native": "ComfyUI native", "kijai": "kijai wrapper"}[self.runtime]]

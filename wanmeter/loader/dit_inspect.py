@@ -24,7 +24,7 @@ from .. import variants as _variants
 from ..errors import WanMeterError
 from . import comfy_quant, dit_keys
 from .fp8_scaled import MARKER, is_scaled_fp8
-from .safetensors_io import TensorMeta, read_header, strip_prefix
+from .safetensors_io import TensorMeta, check_regular_file, read_header, strip_prefix
 
 TINY_DIM_LIMIT = 1024  # dims below this are tiny test models, not releases
 _AUX_SUFFIXES = (".scale_weight", ".scale_input") + comfy_quant.AUX_SUFFIXES
@@ -87,6 +87,7 @@ def inspect_dit(path: str | os.PathLike) -> DiTInfo:
         raise WanMeterError(f"{p} does not exist. Check the path / put the file in models/diffusion_models.")
     if p.is_dir():
         return _inspect_folder(p)
+    check_regular_file(p, "model file")  # before any open(): a FIFO would block forever
     if p.suffix.lower() == ".gguf" or _magic(p) == b"GGUF":
         return inspect_gguf(p)
     if p.suffix.lower() in (".pth", ".pt", ".ckpt", ".bin"):
@@ -117,6 +118,7 @@ def inspect_gguf(path: str | os.PathLike) -> DiTInfo:
     Loading GGUF weights is not supported yet (load_dit says so); inspection feeds the estimator.
     """
     p = Path(path)
+    check_regular_file(p, "GGUF file")
     try:
         from gguf import GGUFReader
 
@@ -188,7 +190,7 @@ def _inspect_folder(folder: Path) -> DiTInfo:
                                     "The folder mixes two models: keep one set of shards.")
             tensors[k] = v
             sources[k] = (s, k)
-    index = sorted(folder.glob("*.safetensors.index.json"))
+    index = sorted(i for i in folder.glob("*.safetensors.index.json") if i.is_file())
     if index:
         try:
             wanted = set(json.loads(index[0].read_text(encoding="utf-8")).get("weight_map", {}))
@@ -257,6 +259,18 @@ def _expert_hint(p: Path) -> str | None:
 def _build_info(p: Path, tensors: dict[str, TensorMeta], sources: dict[str, tuple[Path, str]], *,
                 layout: str, file_bytes: int, files: tuple[Path, ...], prefix: str,
                 keys_format: str = "official", quant: dict[str, str] | None = None) -> DiTInfo:
+    try:
+        return _decide(p, tensors, sources, layout=layout, file_bytes=file_bytes, files=files, prefix=prefix,
+                       keys_format=keys_format, quant=quant)
+    except (IndexError, KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        # Wan key names with shapes no Wan2.2 model has (a hand-edited or foreign file)
+        raise WanMeterError(f"{p.name} has Wan key names but tensor shapes no Wan2.2 diffusion model has "
+                            f"({type(e).__name__}: {e}). Use an official Wan2.2 release.") from None
+
+
+def _decide(p: Path, tensors: dict[str, TensorMeta], sources: dict[str, tuple[Path, str]], *,
+            layout: str, file_bytes: int, files: tuple[Path, ...], prefix: str,
+            keys_format: str = "official", quant: dict[str, str] | None = None) -> DiTInfo:
     keys = list(tensors)
     if not keys:
         raise WanMeterError(f"{p.name} holds no tensors. Download it again.")

@@ -24,6 +24,7 @@ from ..errors import WanMeterError
 from . import comfy_quant, dit_keys
 from .dit_inspect import DiTInfo, find_expert_folders, inspect_dit
 from .fp8_scaled import dequantize_scaled_fp8
+from .safetensors_io import check_finite
 
 KEEP_FILE_FORMAT = "file"  # weight_dtype that keeps the file's storage (comfy_quant stays quantized)
 
@@ -126,6 +127,7 @@ def iter_official_tensors(info: DiTInfo, *, dtype: torch.dtype | None = None,
                         with safe_open(str(sf), framework="pt", device="cpu") as h2:
                             s = h2.get_tensor(sk)
                     t = dequantize_scaled_fp8({"w.weight": t, "w.scale_weight": s}, dtype=torch.float32)["w.weight"]
+                check_finite(t, k, f)
                 if dtype is not None and t.dtype != dtype:
                     t = _cast(t, dtype)
                 yield k, t.to(device)

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import WanMeterError
 from .fp8_scaled import dequantize_scaled_fp8, is_scaled_fp8
-from .safetensors_io import read_header
+from .safetensors_io import check_finite, read_header
 
 TEXT_LEN = 512
 _FIX = ("Wan2.2 needs the umt5-xxl encoder: put umt5_xxl_fp16.safetensors or "
@@ -117,6 +117,14 @@ def _describe(keys: set[str]) -> str:
 def inspect_text_encoder(path: str | os.PathLike) -> tuple[str, dict]:
     """Read the header only; return (key prefix, UMT5Config kwargs) or raise naming the right file."""
     hdr = read_header(path)
+    try:
+        return _inspect(hdr)
+    except (IndexError, KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise WanMeterError(f"{hdr.path.name} has umt5 key names but tensor shapes umt5-xxl does not have "
+                            f"({type(e).__name__}: {e}). {_FIX}") from None
+
+
+def _inspect(hdr) -> tuple[str, dict]:
     name = hdr.path.name
     q0 = [k for k in hdr.tensors if k.endswith(_Q0)]
     if not q0:
@@ -176,6 +184,7 @@ def load_text_encoder(
             scale = k[: -len(".weight")] + ".scale_weight"
             if scaled and k.endswith(".weight") and scale in names:
                 v = dequantize_scaled_fp8({k: v, scale: f.get_tensor(prefix + scale)}, dtype)[k]
+            check_finite(v, prefix + k, path)
             sd[k] = v.to(dtype)
     if "shared.weight" not in sd:
         sd["shared.weight"] = sd["encoder.embed_tokens.weight"]

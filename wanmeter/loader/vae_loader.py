@@ -17,7 +17,7 @@ import torch
 
 from .. import variants
 from ..errors import WanMeterError
-from .safetensors_io import read_header, strip_prefix
+from .safetensors_io import check_finite, read_header, strip_prefix
 from .vae_keys import official_to_diffusers_names, rename
 
 VAE_FILES = {"wan21": "wan_2.1_vae.safetensors", "wan22": "wan2.2_vae.safetensors"}
@@ -40,7 +40,7 @@ def _guess_kind(keys: set[str]) -> str:
         return "an image VAE of another model family (SD/SDXL/Flux)"
     if any("lora" in k.lower() for k in keys):
         return "a LoRA"
-    return "not a Wan VAE"
+    return "a file of no known kind"
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,14 @@ class VaeLayout:
 def inspect_vae(path: str | os.PathLike) -> VaeLayout:
     """Read the header only: family, key layout and the AutoencoderKLWan config from shapes."""
     hdr = read_header(path)
+    try:
+        return _inspect_vae(hdr)
+    except (IndexError, KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise WanMeterError(f"{hdr.path.name} has Wan VAE key names but tensor shapes no Wan VAE has "
+                            f"({type(e).__name__}: {e}). {_WHICH}") from None
+
+
+def _inspect_vae(hdr) -> VaeLayout:
     name = hdr.path.name
     prefix = strip_prefix(list(hdr.tensors), _PREFIXES)
     shapes = {k[len(prefix):]: m.shape for k, m in hdr.tensors.items()}
@@ -246,9 +254,11 @@ def load_vae(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, dev
     from diffusers import AutoencoderKLWan
     from safetensors.torch import load_file
 
-    info = inspect_vae(path)
+    info = inspect_vae(path)  # the header, fully validated, before any weight is read
     dtype = vae_dtype(dtype, device)
     sd = load_file(str(path))
+    for k, v in sd.items():
+        check_finite(v, k, path)
     if info.prefix:
         sd = {k[len(info.prefix):]: v for k, v in sd.items() if k.startswith(info.prefix)}
     if info.layout == "official":

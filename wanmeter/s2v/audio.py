@@ -84,6 +84,14 @@ def _normalize_w2v_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def wav2vec2_config_from_shapes(shapes: dict[str, tuple[int, ...]], name: str = "the audio encoder file"):
     """transformers Wav2Vec2Config for a wav2vec2-large-style (stable layer norm) state dict."""
+    try:
+        return _w2v_config(shapes, name)
+    except (IndexError, KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise WanMeterError(f"{name} has wav2vec2 key names but tensor shapes wav2vec2-large does not have "
+                            f"({type(e).__name__}: {e}). Use wav2vec2_large_english_fp16.safetensors.") from None
+
+
+def _w2v_config(shapes: dict[str, tuple[int, ...]], name: str):
     from transformers import Wav2Vec2Config
 
     if any(k.startswith(("model.encoder.embed_positions", "encoder.embed_positions")) for k in shapes):
@@ -123,7 +131,7 @@ def load_wav2vec2(path: str | os.PathLike, *, device: str | torch.device = "cpu"
     from safetensors.torch import load_file
     from transformers import Wav2Vec2Model
 
-    from ..loader.safetensors_io import read_header
+    from ..loader.safetensors_io import check_finite, read_header
 
     p = os.fspath(path)
     name = os.path.basename(p)
@@ -132,6 +140,8 @@ def load_wav2vec2(path: str | os.PathLike, *, device: str | torch.device = "cpu"
     shapes = {k: tuple(s) for k, s in _normalize_w2v_keys({k: s for k, s in shapes.items()}).items()}
     cfg = wav2vec2_config_from_shapes(shapes, name)
     sd = _normalize_w2v_keys(load_file(p))
+    for k, v in sd.items():
+        check_finite(v, k, p)
     model = Wav2Vec2Model(cfg)
     expected = set(model.state_dict())
     missing = sorted(expected - set(sd) - {"masked_spec_embed"})
@@ -148,8 +158,16 @@ def load_wav2vec2(path: str | os.PathLike, *, device: str | torch.device = "cpu"
 
 # --- audio preparation ------------------------------------------------------------------------
 
+MAX_CHANNELS = 8  # more "channels" than this, with few samples each, is a transposed waveform
+
+
 def check_audio(waveform: torch.Tensor, sample_rate: int, max_seconds: float = DEFAULT_MAX_SECONDS) -> torch.Tensor:
-    """Validate and return the audio as [C, N] float32. Cheap: call it before loading any model."""
+    """Validate and return the audio as [C, N] float32 in -1..1. Cheap: call it before loading any model.
+
+    ComfyUI's AUDIO is [B, C, N] float in -1..1. Integer PCM (any integer dtype, e.g. int16 from a
+    raw decoder) is scaled to -1..1 by its dtype's range; a channels-last waveform ([B, N, C] or
+    [N, C], as soundfile returns) is detected and transposed; a layout that is neither is refused
+    naming the expected one."""
     if not isinstance(waveform, torch.Tensor):
         raise WanMeterError("the audio input is not a tensor; connect a LoadAudio node to the S2V audio node.")
     w = waveform
@@ -162,16 +180,31 @@ def check_audio(waveform: torch.Tensor, sample_rate: int, max_seconds: float = D
     if w.ndim != 2 or w.shape[-1] == 0 or w.shape[0] == 0:
         raise WanMeterError(f"the audio has shape {list(waveform.shape)}; expected [channels, samples] with samples > 0. "
                             "Load a non-empty audio file.")
+    if w.shape[0] > MAX_CHANNELS:
+        if w.shape[1] <= MAX_CHANNELS:
+            w = w.t()  # channels-last [N, C] -> [C, N]
+        else:
+            raise WanMeterError(f"the audio has shape {list(waveform.shape)}: neither [batch, channels, samples] nor "
+                                f"[batch, samples, channels] with at most {MAX_CHANNELS} channels. Connect a LoadAudio "
+                                "node (AUDIO is [1, channels, samples]).")
     if int(sample_rate) <= 0:
         raise WanMeterError(f"the audio sample rate {sample_rate} is invalid. Re-export the audio file.")
     dur = w.shape[-1] / float(sample_rate)
     if dur > max_seconds:
         raise WanMeterError(f"the audio is {dur:.0f} s long, over the {max_seconds:.0f} s limit "
                             f"(~{math.ceil(dur * 16 / 80)} clips of 5 s). Cut it or raise max_seconds.")
-    w = w.float()
+    if w.dtype == torch.bool or w.is_complex():
+        raise WanMeterError(f"the audio samples are {w.dtype}; expected float in -1..1 or integer PCM. Re-export the audio.")
+    if w.is_floating_point():
+        w = w.float()
+    else:  # integer PCM: full scale of the dtype -> -1..1 (unsigned PCM is offset by half its range)
+        info = torch.iinfo(w.dtype)
+        half = (float(info.max) + 1.0) / 2.0 if info.min == 0 else -float(info.min)
+        w = (w.double() - (half if info.min == 0 else 0.0)) / half
+        w = w.float()
     if not torch.isfinite(w).all():
         raise WanMeterError("the audio contains NaN/inf samples. Re-export the audio file.")
-    return w
+    return w.contiguous()
 
 
 def to_wav2vec_input(waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:

@@ -49,11 +49,15 @@ def resize_crop(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x[:, :, top:top + height, left:left + width].permute(0, 2, 3, 1)
 
 
-def _check(model, audio: S2VAudioCond, ref_image, width: int, height: int, steps: int) -> None:
+def _check(model, audio: S2VAudioCond, ref_image, width: int, height: int, steps: int, vae=None) -> None:
     if ref_image is None:
         raise WanMeterError("S2V needs a reference image (the person to animate): connect a LoadImage node to ref_image.")
     if not isinstance(audio, S2VAudioCond):
         raise WanMeterError("the audio input is not S2V audio conditioning: connect the WanMeter S2V Audio node.")
+    family = getattr(vae, "family", None)
+    if vae is None or (family is not None and family != "wan21") or getattr(vae, "z_dim", 16) != 16:
+        raise WanMeterError(f"S2V-14B decodes with the Wan2.1 VAE (16 latent channels), but the VAE given is "
+                            f"{family or 'missing'}: load wan_2.1_vae.safetensors (wan2.2_vae is for TI2V-5B only).")
     cfg = model.config
     if (audio.num_layers, audio.hidden) != (cfg.num_audio_layers, cfg.audio_dim):
         raise WanMeterError(
@@ -145,15 +149,17 @@ def sample_s2v(
     ref_image: IMAGE [1, H, W, 3] or [H, W, 3] in 0..1. vae: wanmeter WanVAE (Wan2.1).
     pose_video: IMAGE [N, H, W, 3] or None. callback(step, total, latent) may raise to interrupt.
     """
+    experts = getattr(model, "experts", None)
+    core = experts[0] if experts else getattr(model, "model", model)
+    _check(core, audio, ref_image, width, height, steps, vae)  # before anything moves to the GPU
     placement = getattr(model, "placement", None)
     if placement is not None:   # a WanModelBundle: its placement brings the model to the device
         model = placement.activate(0)
         dev, dtype = placement.device, placement.compute_dtype
     else:
-        model = getattr(model, "model", model)
+        model = core
         dev = torch.device(device) if device is not None else model.device
         dtype = model.dtype
-    _check(model, audio, ref_image, width, height, steps)
     n_clips = audio.num_clips if clips <= 0 else min(int(clips), audio.num_clips)
     cf = audio.clip_frames
     lat_motion = (MOTION_FRAMES + 3) // 4
